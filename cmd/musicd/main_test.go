@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/musicd/musicd/internal/testenv"
+)
+
+// The test binary doubles as musicd: with MUSICD_TEST_AS_MAIN=1 it runs main's code, so process
+// tests exercise the real signal handling and exit statuses (and, under -race, the race detector).
+func TestMain(m *testing.M) {
+	if os.Getenv("MUSICD_TEST_AS_MAIN") == "1" {
+		os.Exit(realMain(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// daemon is a musicd process started by a test.
+type daemon struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	addr   chan string // the REST address, from the "musicd serving" log line
+	mu     sync.Mutex
+	stderr bytes.Buffer
+	exited chan struct{}
+	err    error // Wait's result, valid after exited is closed
+}
+
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "MUSICD_TEST_AS_MAIN=1", "GORACE=atexit_sleep_ms=0")
+	cmd.Dir = t.TempDir()
+	pipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, cmd: cmd, addr: make(chan string, 1), exited: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	scanned := make(chan struct{})
+	go func() { // ends at EOF, when the process exits
+		defer close(scanned)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			line := sc.Text()
+			d.mu.Lock()
+			d.stderr.WriteString(line + "\n")
+			d.mu.Unlock()
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "musicd serving" {
+				d.addr <- rec.Addr
+			}
+		}
+	}()
+	go func() {
+		<-scanned
+		d.err = cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-d.exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-d.exited
+		}
+		if t.Failed() {
+			t.Logf("musicd stderr:\n%s", d.log())
+		}
+	})
+	return d
+}
+
+func (d *daemon) log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stderr.String()
+}
+
+// waitServing returns the base URL once musicd logs that it serves.
+func (d *daemon) waitServing(timeout time.Duration) string {
+	d.t.Helper()
+	select {
+	case a := <-d.addr:
+		return "http://" + a
+	case <-d.exited:
+		d.t.Fatalf("musicd exited before serving: %v", d.err)
+	case <-time.After(timeout):
+		d.t.Fatalf("musicd not serving after %s", timeout)
+	}
+	return ""
+}
+
+// stop sends sig and returns the exit code and how long the process took to exit.
+func (d *daemon) stop(sig os.Signal, limit time.Duration) (int, time.Duration) {
+	d.t.Helper()
+	start := time.Now()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(limit):
+		d.t.Fatalf("musicd still running %s after %v", limit, sig)
+	}
+	return d.cmd.ProcessState.ExitCode(), time.Since(start)
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+type readyBody struct {
+	Status string
+	Checks []struct {
+		Name  string
+		OK    bool
+		Error string
+	}
+}
+
+func readyz(t *testing.T, base string) (int, readyBody) {
+	t.Helper()
+	code, body := get(t, base+"/readyz")
+	var r readyBody
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("/readyz body %q: %v", body, err)
+	}
+	return code, r
+}
+
+// With no configuration but a free port, musicd serves its endpoints and exits 0 within 5 s of
+// SIGTERM.
+func TestEmbeddedServesAndStopsOnSIGTERM(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			d := startDaemon(t, "--api.listen=127.0.0.1:0", "--nats.embedded.listen=127.0.0.1:0", "--log.format=json")
+			base := d.waitServing(30 * time.Second)
+
+			if code, body := get(t, base+"/healthz"); code != 200 || !strings.Contains(body, `"ok"`) {
+				t.Errorf("/healthz: %d %s", code, body)
+			}
+			code, r := readyz(t, base)
+			if code != 200 || r.Status != "ready" {
+				t.Errorf("/readyz: %d %+v", code, r)
+			}
+			names := map[string]bool{}
+			for _, c := range r.Checks {
+				names[c.Name] = c.OK
+			}
+			if !names["nats"] || !names["data_dir"] {
+				t.Errorf("/readyz checks %+v, want nats and data_dir passing", r.Checks)
+			}
+			code, metrics := get(t, base+"/metrics")
+			for _, want := range []string{`music_build_info{`, `music_dependency_up{dependency="nats"} 1`,
+				`music_http_requests_total{code="200",method="get",route="readyz"} 1`, "go_goroutines ", "process_resident_memory_bytes "} {
+				if !strings.Contains(metrics, want) {
+					t.Errorf("/metrics (%d) lacks %q", code, want)
+				}
+			}
+			var v struct{ Version, Mode, Site string }
+			if code, body := get(t, base+"/version"); code != 200 || json.Unmarshal([]byte(body), &v) != nil || v.Mode != "embedded" || v.Site != "local" || v.Version == "" {
+				t.Errorf("/version: %d %s", code, body)
+			}
+			if code, body := get(t, base+"/nope"); code != 404 || !strings.Contains(body, `"not_found"`) {
+				t.Errorf("/nope: %d %s", code, body)
+			}
+
+			exit, took := d.stop(sig, 5*time.Second)
+			if exit != 0 {
+				t.Errorf("exit status %d after %v, want 0", exit, sig)
+			}
+			t.Logf("exited %d in %v after %v", exit, took.Round(time.Millisecond), sig)
+			if !strings.Contains(d.log(), `"msg":"shutting down"`) {
+				t.Errorf("no shutdown log line")
+			}
+		})
+	}
+}
+
+// A wrong configuration exits 2 with one line that names the field.
+func TestBadConfigurationExits2(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--api.listen=127.0.0.1:99999"}, "api.listen"},
+		{[]string{"--config", writeFile(t, "api:\n  listn: 127.0.0.1:1\n")}, `unknown field "api.listn"`},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+	} {
+		cmd := exec.Command(os.Args[0], tc.args...)
+		cmd.Env = append(os.Environ(), "MUSICD_TEST_AS_MAIN=1", "GORACE=atexit_sleep_ms=0")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		exit := cmd.ProcessState.ExitCode()
+		msg := stderr.String()
+		if exit != 2 {
+			t.Errorf("%v: exit %d (%v), want 2; stderr %q", tc.args, exit, err, msg)
+		}
+		if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, tc.want) || !strings.HasPrefix(msg, "musicd: ") {
+			t.Errorf("%v: stderr %q, want one line naming %q", tc.args, msg, tc.want)
+		}
+	}
+}
+
+func TestHelpExits0(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "--help")
+	cmd.Env = append(os.Environ(), "MUSICD_TEST_AS_MAIN=1", "GORACE=atexit_sleep_ms=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("--help: %v", err)
+	}
+	if !strings.Contains(string(out), "--api.listen string, MUSIC_API_LISTEN") {
+		t.Errorf("--help output lacks api.listen:\n%s", out)
+	}
+}
+
+// In distributed mode musicd reaches the real Cassandra, ZooKeeper, NATS and both MariaDB
+// sources, and /readyz checks each of them.
+func TestDistributedModeReadiness(t *testing.T) {
+	cfg := fmt.Sprintf(`
+mode: distributed
+site: test-a
+log: {format: json, level: debug}
+api: {listen: "127.0.0.1:0"}
+cassandra: {contact_points: ["%s"], keyspace: music_test}
+zookeeper: {servers: ["%s"], root: /musicd-test}
+nats: {urls: ["%s"]}
+sources:
+  - {name: site-a, addr: "%s", user: %s, password: %s, server_id: 4001}
+  - {name: site-b, addr: "%s", user: %s, password: %s, server_id: 4002}
+`, testenv.Cassandra(t), testenv.ZooKeeper(t), testenv.NATS(t),
+		testenv.MariaDBA(t), testenv.MariaDBUser, testenv.MariaDBPassword,
+		testenv.MariaDBB(t), testenv.MariaDBUser, testenv.MariaDBPassword)
+	d := startDaemon(t, "--config", writeFile(t, cfg))
+	base := d.waitServing(60 * time.Second)
+
+	code, r := readyz(t, base)
+	if code != 200 || r.Status != "ready" {
+		t.Errorf("/readyz: %d %+v", code, r)
+	}
+	want := []string{"nats", "cassandra", "zookeeper", "source:site-a", "source:site-b"}
+	got := map[string]bool{}
+	for _, c := range r.Checks {
+		got[c.Name] = c.OK
+	}
+	for _, w := range want {
+		if !got[w] {
+			t.Errorf("check %s missing or failing in %+v", w, r.Checks)
+		}
+	}
+	if exit, _ := d.stop(syscall.SIGTERM, 5*time.Second); exit != 0 {
+		t.Errorf("exit status %d, want 0", exit)
+	}
+}
+
+// A source that cannot be reached makes musicd not ready, and says which.
+func TestReadinessReportsAFailingDependency(t *testing.T) {
+	cfg := `
+log: {format: json}
+api: {listen: "127.0.0.1:0"}
+nats: {embedded: {listen: ""}}
+sources:
+  - {name: gone, addr: "127.0.0.1:1", user: u, server_id: 9, timeout: 1s}
+`
+	d := startDaemon(t, "--config", writeFile(t, cfg))
+	base := d.waitServing(30 * time.Second)
+	code, r := readyz(t, base)
+	if code != 503 || r.Status != "not ready" {
+		t.Errorf("/readyz: %d %+v, want 503 not ready", code, r)
+	}
+	for _, c := range r.Checks {
+		if c.Name == "source:gone" && (c.OK || c.Error == "") {
+			t.Errorf("source:gone reported %+v", c)
+		}
+	}
+	if exit, _ := d.stop(syscall.SIGTERM, 5*time.Second); exit != 0 {
+		t.Errorf("exit status %d, want 0", exit)
+	}
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/musicd/musicd/api"
+	"github.com/musicd/musicd/binlog"
+	"github.com/musicd/musicd/feeds"
+	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/locks"
+)
+
+// run starts every component the configuration asks for, serves until ctx ends, then shuts down
+// in reverse order of start. It returns nil after a clean shutdown, including one asked for while
+// still starting.
+func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildInfo) (err error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var closers []func() // run in reverse order on the way out
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	startCtx, cancelStart := context.WithTimeout(ctx, cfg.StartupTimeout)
+	defer cancelStart()
+	startFailed := func(what string, err error) error {
+		if ctx.Err() != nil {
+			logger.Info("stopped while starting", "step", what)
+			return nil
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+
+	var checks []api.NamedCheck
+	var embedded *feeds.EmbeddedServer
+	if cfg.Mode == modeEmbedded {
+		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+			return fmt.Errorf("data_dir: %w", err)
+		}
+		checks = append(checks, api.NamedCheck{Name: "data_dir", Checker: api.CheckFunc(func(context.Context) error {
+			return probeDir(cfg.DataDir)
+		})})
+	}
+	if cfg.NATS.IsEmbedded() {
+		embedded, err = feeds.StartEmbedded(cfg.NATS.Embedded, filepath.Join(cfg.DataDir, "nats"), "musicd-"+cfg.Site, logger, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, embedded.Shutdown)
+		logger.Info("embedded nats server started", "url", embedded.ClientURL())
+	}
+	nc, err := feeds.Connect(startCtx, cfg.NATS, embedded, "musicd-"+cfg.Site, logger)
+	if err != nil {
+		return startFailed("nats", err)
+	}
+	closers = append(closers, nc.Close)
+	checks = append(checks, api.NamedCheck{Name: "nats", Checker: nc})
+
+	if cfg.Mode == modeDistributed {
+		cass, err := journal.DialCassandra(startCtx, cfg.Cassandra, logger)
+		if err != nil {
+			return startFailed("cassandra", err)
+		}
+		closers = append(closers, cass.Close)
+		checks = append(checks, api.NamedCheck{Name: "cassandra", Checker: cass})
+
+		zk, err := locks.DialZooKeeper(startCtx, cfg.ZooKeeper, logger)
+		if err != nil {
+			return startFailed("zookeeper", err)
+		}
+		closers = append(closers, zk.Close)
+		checks = append(checks, api.NamedCheck{Name: "zookeeper", Checker: zk})
+	}
+	for _, src := range cfg.Sources {
+		checks = append(checks, api.NamedCheck{Name: "source:" + src.Name, Checker: api.CheckFunc(func(ctx context.Context) error {
+			return binlog.Ping(ctx, src)
+		})})
+	}
+
+	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return fmt.Errorf("api.listen: %w", err)
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }() // ends when Shutdown closes the listener
+	logger.Info("musicd serving", "addr", ln.Addr().String(), "mode", cfg.Mode, "site", cfg.Site, "version", build.Version)
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("http server: %w", err)
+	}
+	logger.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		logger.Warn("in-flight requests cut off at shutdown", "err", err)
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, net.ErrClosed) {
+		logger.Warn("http server", "err", err)
+	}
+	return nil
+}
+
+// probeDir checks that dir exists and is writable by creating and removing a file in it.
+func probeDir(dir string) error {
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Remove(name)
+}
