@@ -41,6 +41,13 @@ MUSIC_DEV_CASSANDRA_JAR=$MUSIC_DEV_CASSANDRA_HOME/lib/apache-cassandra-2.1.0.jar
 : "${MUSIC_DEV_NATS_MONITOR_PORT:=18223}"
 
 : "${MUSIC_DEV_CASSANDRA_HEAP:=256m}"
+# periodic (fast; a kill -9 may lose the last 10 s of writes) or batch (fsync before acknowledging:
+# what tests that kill -9 Cassandra and check durability need).
+: "${MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC:=periodic}"
+[[ $MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC == periodic || $MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC == batch ]] || {
+  echo "deploy/dev: MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC must be periodic or batch" >&2
+  return 1 2>/dev/null || exit 1
+}
 : "${MUSIC_DEV_CASSANDRA_TIMEOUT:=120}" # seconds Cassandra may take to become ready
 : "${MUSIC_DEV_TIMEOUT:=60}"            # seconds every other service may take
 : "${MUSIC_DEV_STOP_TIMEOUT:=30}"       # seconds down.sh waits after SIGTERM before SIGKILL

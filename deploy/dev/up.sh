@@ -88,8 +88,11 @@ authorizer: AllowAllAuthorizer
 data_file_directories: [$d/data]
 commitlog_directory: $d/commitlog
 saved_caches_directory: $d/saved_caches
-commitlog_sync: periodic
-commitlog_sync_period_in_ms: 10000
+$(if [[ $MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC == batch ]]; then
+  printf 'commitlog_sync: batch\ncommitlog_sync_batch_window_in_ms: 2\n'
+else
+  printf 'commitlog_sync: periodic\ncommitlog_sync_period_in_ms: 10000\n'
+fi)
 commitlog_segment_size_in_mb: 8
 commitlog_total_space_in_mb: 64
 seed_provider:

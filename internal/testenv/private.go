@@ -1,0 +1,142 @@
+package testenv
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// Private is a server of the test's own, started with deploy/dev's scripts in a directory and on
+// ports of its own, so that a test can kill, stop and restart it without disturbing the shared
+// servers other packages are testing against. It is stopped and removed when the test ends.
+type Private struct {
+	Service string // cassandra, zookeeper, nats, mariadb-a
+	Addr    string // host:port of its client port
+	dir     string
+	env     []string
+}
+
+// StartPrivate starts a private instance of service (cassandra, zookeeper, nats or mariadb-a) and
+// waits until it is ready. Extra environment (e.g. MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC=batch) is
+// passed to the scripts.
+func StartPrivate(t testing.TB, service string, extraEnv ...string) *Private {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "musicd-private-"+service+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // MariaDB runs as mysql and must traverse it
+		t.Fatal(err)
+	}
+	install := os.Getenv("MUSIC_DEV_INSTALL_DIR")
+	if install == "" {
+		shared := os.Getenv("MUSIC_DEV_DIR")
+		if shared == "" {
+			shared = "/tmp/musicd-dev"
+		}
+		install = filepath.Join(shared, "install")
+	}
+	p := &Private{Service: service, dir: dir}
+	p.env = append(os.Environ(), "MUSIC_DEV_DIR="+dir, "MUSIC_DEV_INSTALL_DIR="+install)
+	var port string
+	switch service {
+	case "cassandra":
+		port = freePort(t)
+		p.env = append(p.env, "MUSIC_DEV_CASSANDRA_PORT="+port, "MUSIC_DEV_CASSANDRA_STORAGE_PORT="+freePort(t),
+			"MUSIC_DEV_CASSANDRA_SSL_STORAGE_PORT="+freePort(t))
+	case "zookeeper":
+		port = freePort(t)
+		p.env = append(p.env, "MUSIC_DEV_ZK_PORT="+port)
+	case "nats":
+		port = freePort(t)
+		p.env = append(p.env, "MUSIC_DEV_NATS_PORT="+port, "MUSIC_DEV_NATS_MONITOR_PORT="+freePort(t))
+	case "mariadb-a":
+		port = freePort(t)
+		p.env = append(p.env, "MUSIC_DEV_MARIADB_A_PORT="+port)
+	default:
+		t.Fatalf("StartPrivate: unknown service %q", service)
+	}
+	p.env = append(p.env, extraEnv...)
+	p.Addr = net.JoinHostPort("127.0.0.1", port)
+	t.Cleanup(func() {
+		p.script(t, "down.sh")
+		_ = os.RemoveAll(dir)
+	})
+	p.Start(t)
+	return p
+}
+
+// Start starts the server again (after Stop or Kill9), keeping its data, and waits until ready.
+func (p *Private) Start(t testing.TB) {
+	t.Helper()
+	if out, err := p.script(t, "up.sh"); err != nil {
+		t.Fatalf("starting private %s: %v\n%s", p.Service, err, out)
+	}
+}
+
+// Stop stops the server gracefully (SIGTERM) and waits until it has exited.
+func (p *Private) Stop(t testing.TB) {
+	t.Helper()
+	if out, err := p.script(t, "down.sh"); err != nil {
+		t.Fatalf("stopping private %s: %v\n%s", p.Service, err, out)
+	}
+}
+
+// Kill9 kills the server with SIGKILL, as a crash would, and waits until it is gone.
+func (p *Private) Kill9(t testing.TB) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(p.dir, "run", p.Service+".pid"))
+	if err != nil {
+		t.Fatalf("private %s: no pidfile: %v", p.Service, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("private %s: pidfile %q", p.Service, b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill -9 %d: %v", pid, err)
+	}
+	// down.sh reaps the pidfile and waits until the process is gone.
+	p.Stop(t)
+}
+
+func (p *Private) script(t testing.TB, name string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(repoRoot(t), "deploy", "dev", name), append([]string{p.Service}, args...)...)
+	cmd.Env = p.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// repoRoot is the directory holding go.mod, found from the test's working directory.
+func repoRoot(t testing.TB) string {
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("testenv: go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// freePort asks the kernel for a free port on 127.0.0.1.
+func freePort(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
