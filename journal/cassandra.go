@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +35,37 @@ type CassandraConfig struct {
 	Timeout time.Duration `yaml:"timeout" help:"time limit of one Cassandra query"`
 	// ConnectTimeout bounds each connection attempt. Default 5s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout" help:"time limit of one Cassandra connection attempt"`
+	// Replication of the keyspace when musicd creates it (an existing keyspace is left as it is).
+	Replication ReplicationConfig `yaml:"replication"`
+	// Consistency of the journal's queries for every stream class not named in StreamClasses.
+	Consistency ConsistencyConfig `yaml:"consistency"`
+	// StreamClasses overrides Consistency per stream class (the part of a stream id before the
+	// first '/', e.g. "binlog" or "key"); levels a class leaves empty come from Consistency.
+	// Config file only.
+	StreamClasses map[string]ConsistencyConfig `yaml:"stream_classes"`
+}
+
+// ReplicationConfig is the replication of musicd's keyspace.
+type ReplicationConfig struct {
+	// Strategy is "simple" (SimpleStrategy: one data center) or "network_topology"
+	// (NetworkTopologyStrategy: a replica count per data center, for multi-site clusters).
+	Strategy string `yaml:"strategy" help:"keyspace replication when musicd creates it: simple or network_topology"`
+	// Factor is the replica count of the simple strategy. Default 1.
+	Factor int `yaml:"factor" help:"replicas of the simple strategy"`
+	// DataCenters maps each data center to its replica count (network_topology). Config file only.
+	DataCenters map[string]int `yaml:"data_centers"`
+}
+
+// ConsistencyConfig names Cassandra consistency levels for one stream class.
+type ConsistencyConfig struct {
+	// Write is the level of entry writes and of the commit of the per-batch lightweight
+	// transaction: LOCAL_QUORUM (durable in this site), QUORUM or EACH_QUORUM (durable beyond it).
+	Write string `yaml:"write" help:"consistency of journal writes: LOCAL_QUORUM, QUORUM, EACH_QUORUM, ONE, ALL"`
+	// Read is the level of reads of entries and heads: LOCAL_QUORUM, QUORUM, ONE, ...
+	Read string `yaml:"read" help:"consistency of journal reads: LOCAL_QUORUM, QUORUM, ONE, ALL"`
+	// Serial is the Paxos level of the fencing transactions: SERIAL (one writer across all sites)
+	// or LOCAL_SERIAL (only when a class's streams are written from one site).
+	Serial string `yaml:"serial" help:"Paxos consistency of fenced appends: SERIAL or LOCAL_SERIAL"`
 }
 
 // DefaultCassandraConfig returns the defaults; ContactPoints must still be set.
@@ -42,6 +74,8 @@ func DefaultCassandraConfig() CassandraConfig {
 		Keyspace:       "music",
 		Timeout:        5 * time.Second,
 		ConnectTimeout: 5 * time.Second,
+		Replication:    ReplicationConfig{Strategy: "simple", Factor: 1},
+		Consistency:    ConsistencyConfig{Write: "LOCAL_QUORUM", Read: "LOCAL_QUORUM", Serial: "SERIAL"},
 	}
 }
 
@@ -72,7 +106,100 @@ func (c CassandraConfig) Validate() error {
 	if c.ConnectTimeout <= 0 {
 		return errors.New("connect_timeout: must be a positive duration")
 	}
+	if _, err := c.Replication.cql(); err != nil {
+		return fmt.Errorf("replication.%w", err)
+	}
+	if _, err := c.Consistency.parse(); err != nil {
+		return fmt.Errorf("consistency.%w", err)
+	}
+	for class, cc := range c.StreamClasses {
+		if err := ValidateStreamID(class); err != nil || strings.Contains(class, "/") {
+			return fmt.Errorf("stream_classes: %q is not a stream class", class)
+		}
+		if _, err := cc.inherit(c.Consistency).parse(); err != nil {
+			return fmt.Errorf("stream_classes.%s.%w", class, err)
+		}
+	}
 	return nil
+}
+
+// cql renders the replication map of CREATE KEYSPACE. Data center names are validated, so the
+// text is safe to splice (CQL has no bind markers in DDL).
+func (r ReplicationConfig) cql() (string, error) {
+	switch r.Strategy {
+	case "simple":
+		if r.Factor < 1 || r.Factor > 10 {
+			return "", fmt.Errorf("factor: %d is outside 1-10", r.Factor)
+		}
+		if len(r.DataCenters) > 0 {
+			return "", errors.New("data_centers: set, but strategy is simple")
+		}
+		return fmt.Sprintf("{'class': 'SimpleStrategy', 'replication_factor': %d}", r.Factor), nil
+	case "network_topology":
+		if len(r.DataCenters) == 0 {
+			return "", errors.New("data_centers: at least one data center is required for network_topology")
+		}
+		dcs := make([]string, 0, len(r.DataCenters))
+		for dc := range r.DataCenters {
+			dcs = append(dcs, dc)
+		}
+		slices.Sort(dcs)
+		out := "{'class': 'NetworkTopologyStrategy'"
+		for _, dc := range dcs {
+			n := r.DataCenters[dc]
+			if !dcNameRe.MatchString(dc) {
+				return "", fmt.Errorf("data_centers: %q is not a valid data center name", dc)
+			}
+			if n < 1 || n > 10 {
+				return "", fmt.Errorf("data_centers.%s: %d replicas is outside 1-10", dc, n)
+			}
+			out += fmt.Sprintf(", '%s': %d", dc, n)
+		}
+		return out + "}", nil
+	default:
+		return "", fmt.Errorf("strategy: %q is not simple or network_topology", r.Strategy)
+	}
+}
+
+var dcNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// levels are the parsed consistency levels of one stream class.
+type levels struct{ write, read, serial gocql.Consistency }
+
+// inherit fills the levels c leaves empty from def.
+func (c ConsistencyConfig) inherit(def ConsistencyConfig) ConsistencyConfig {
+	if c.Write == "" {
+		c.Write = def.Write
+	}
+	if c.Read == "" {
+		c.Read = def.Read
+	}
+	if c.Serial == "" {
+		c.Serial = def.Serial
+	}
+	return c
+}
+
+func (c ConsistencyConfig) parse() (levels, error) {
+	var l levels
+	var err error
+	if l.write, err = parseLevel(c.Write, "LOCAL_QUORUM", "QUORUM", "EACH_QUORUM", "ONE", "ALL", "LOCAL_ONE"); err != nil {
+		return l, fmt.Errorf("write: %w", err)
+	}
+	if l.read, err = parseLevel(c.Read, "LOCAL_QUORUM", "QUORUM", "ONE", "ALL", "LOCAL_ONE"); err != nil {
+		return l, fmt.Errorf("read: %w", err)
+	}
+	if l.serial, err = parseLevel(c.Serial, "SERIAL", "LOCAL_SERIAL"); err != nil {
+		return l, fmt.Errorf("serial: %w", err)
+	}
+	return l, nil
+}
+
+func parseLevel(s string, allowed ...string) (gocql.Consistency, error) {
+	if !slices.Contains(allowed, s) {
+		return 0, fmt.Errorf("%q is not one of %s", s, strings.Join(allowed, ", "))
+	}
+	return gocql.ParseConsistencyWrapper(s)
 }
 
 // Cassandra is an open session to the cluster.

@@ -96,6 +96,18 @@ func TestCassandraConfigValidate(t *testing.T) {
 		{func(c *CassandraConfig) { c.Keyspace = "1abc" }, "keyspace:"},
 		{func(c *CassandraConfig) { c.ProtocolVersion = 2 }, "protocol_version:"},
 		{func(c *CassandraConfig) { c.Timeout = 0 }, "timeout:"},
+		{func(c *CassandraConfig) {
+			c.Replication = ReplicationConfig{Strategy: "network_topology", DataCenters: map[string]int{"dc1": 3, "dc2": 2}}
+		}, ""},
+		{func(c *CassandraConfig) {
+			c.Replication = ReplicationConfig{Strategy: "network_topology", DataCenters: map[string]int{"dc1'; DROP": 3}}
+		}, "replication.data_centers:"},
+		{func(c *CassandraConfig) { c.Replication.Factor = 0 }, "replication.factor:"},
+		{func(c *CassandraConfig) { c.Consistency.Serial = "QUORUM" }, "consistency.serial:"},
+		{func(c *CassandraConfig) {
+			c.StreamClasses = map[string]ConsistencyConfig{"binlog": {Write: "EACH_QUORUM", Read: "LOCAL_QUORUM", Serial: "SERIAL"}}
+		}, ""},
+		{func(c *CassandraConfig) { c.StreamClasses = map[string]ConsistencyConfig{"a/b": c.Consistency} }, "stream_classes:"},
 	} {
 		c := DefaultCassandraConfig()
 		c.ContactPoints = []string{"127.0.0.1"}

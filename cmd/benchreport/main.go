@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -137,12 +138,25 @@ func printTable(w io.Writer, figs []Figure) {
 	for _, f := range figs {
 		base, bv, ratio := "", "", ""
 		if f.BaselineValue != nil {
-			base, bv = f.BaselineName, strconv.FormatFloat(*f.BaselineValue, 'f', 1, 64)
+			base, bv = f.BaselineName, format(*f.BaselineValue)
 		}
 		if f.Ratio != nil {
 			ratio = strconv.FormatFloat(*f.Ratio, 'f', 3, 64)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Group, f.Name, strconv.FormatFloat(f.Value, 'f', 1, 64), f.Unit, base, bv, ratio)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Group, f.Name, format(f.Value), f.Unit, base, bv, ratio)
 	}
 	_ = tw.Flush()
+}
+
+// format shows large values without decimals and small ones (latencies in seconds) with four
+// significant digits.
+func format(v float64) string {
+	switch a := math.Abs(v); {
+	case a >= 1000:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case a >= 1:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	default:
+		return strconv.FormatFloat(v, 'g', 4, 64)
+	}
 }

@@ -34,3 +34,11 @@ PASS
 		t.Errorf("top-level benchmark: %+v", api)
 	}
 }
+
+func TestFormat(t *testing.T) {
+	for v, want := range map[float64]string{52241.4: "52241", 3.14159: "3.14", 0.0043091: "0.004309", 0: "0"} {
+		if got := format(v); got != want {
+			t.Errorf("format(%v) = %q, want %q", v, got, want)
+		}
+	}
+}

@@ -135,6 +135,11 @@ func TestInvalidConfiguration(t *testing.T) {
 		{name: "bad keyspace", args: append(distributed, "--cassandra.keyspace=music;drop"), want: "cassandra.keyspace:"},
 		{name: "embedded store too small", args: []string{"--nats.embedded.max-store-bytes=10"}, want: "nats.embedded.max_store_bytes:"},
 		{name: "int overflow", args: []string{"--cassandra.protocol-version=99999999999999999999"}, want: "cassandra.protocol_version (--cassandra.protocol-version)"},
+		{name: "bad replication strategy", args: append(distributed, "--cassandra.replication.strategy=ring"), want: "cassandra.replication.strategy:"},
+		{name: "topology without data centers", args: append(distributed, "--cassandra.replication.strategy=network_topology"), want: "cassandra.replication.data_centers:"},
+		{name: "bad consistency", args: append(distributed, "--cassandra.consistency.write=SERIAL"), want: "cassandra.consistency.write:"},
+		{name: "bad class consistency", file: "cassandra:\n  stream_classes:\n    binlog: {serial: QUORUM}\n", args: distributed, want: "cassandra.stream_classes.binlog.serial:"},
+		{name: "unknown key in a map entry", file: "cassandra:\n  stream_classes:\n    binlog: {wrte: QUORUM}\n", want: `unknown field "cassandra.stream_classes.binlog.wrte"`},
 		{name: "source without server id", file: "sources:\n  - {name: a, addr: '127.0.0.1:3306', user: u}\n", want: "sources[0].server_id: required"},
 		{name: "duplicate source", file: "sources:\n  - {name: a, addr: '127.0.0.1:3306', user: u, server_id: 9}\n  - {name: a, addr: '127.0.0.1:3307', user: u, server_id: 9}\n", want: `sources[1].name: "a" is used twice`},
 	} {

@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/musicd/musicd/internal/testenv"
+	"github.com/musicd/musicd/journal"
 )
 
 // The test binary doubles as musicd: with MUSICD_TEST_AS_MAIN=1 it runs main's code, so process
@@ -173,8 +176,8 @@ func TestEmbeddedServesAndStopsOnSIGTERM(t *testing.T) {
 			for _, c := range r.Checks {
 				names[c.Name] = c.OK
 			}
-			if !names["nats"] || !names["data_dir"] {
-				t.Errorf("/readyz checks %+v, want nats and data_dir passing", r.Checks)
+			if !names["nats"] || !names["data_dir"] || !names["journal"] {
+				t.Errorf("/readyz checks %+v, want nats, data_dir and journal passing", r.Checks)
 			}
 			code, metrics := get(t, base+"/metrics")
 			for _, want := range []string{`music_build_info{`, `music_dependency_up{dependency="nats"} 1`,
@@ -244,18 +247,20 @@ func TestHelpExits0(t *testing.T) {
 // In distributed mode musicd reaches the real Cassandra, ZooKeeper, NATS and both MariaDB
 // sources, and /readyz checks each of them.
 func TestDistributedModeReadiness(t *testing.T) {
+	ks := testenv.UniqueName("musicd_test_")
+	t.Cleanup(func() { dropKeyspace(t, ks) })
 	cfg := fmt.Sprintf(`
 mode: distributed
 site: test-a
 log: {format: json, level: debug}
 api: {listen: "127.0.0.1:0"}
-cassandra: {contact_points: ["%s"], keyspace: music_test}
+cassandra: {contact_points: ["%s"], keyspace: %s}
 zookeeper: {servers: ["%s"], root: /musicd-test}
 nats: {urls: ["%s"]}
 sources:
   - {name: site-a, addr: "%s", user: %s, password: %s, server_id: 4001}
   - {name: site-b, addr: "%s", user: %s, password: %s, server_id: 4002}
-`, testenv.Cassandra(t), testenv.ZooKeeper(t), testenv.NATS(t),
+`, testenv.Cassandra(t), ks, testenv.ZooKeeper(t), testenv.NATS(t),
 		testenv.MariaDBA(t), testenv.MariaDBUser, testenv.MariaDBPassword,
 		testenv.MariaDBB(t), testenv.MariaDBUser, testenv.MariaDBPassword)
 	d := startDaemon(t, "--config", writeFile(t, cfg))
@@ -265,7 +270,7 @@ sources:
 	if code != 200 || r.Status != "ready" {
 		t.Errorf("/readyz: %d %+v", code, r)
 	}
-	want := []string{"nats", "cassandra", "zookeeper", "source:site-a", "source:site-b"}
+	want := []string{"nats", "cassandra", "journal", "zookeeper", "source:site-a", "source:site-b"}
 	got := map[string]bool{}
 	for _, c := range r.Checks {
 		got[c.Name] = c.OK
@@ -302,5 +307,22 @@ sources:
 	}
 	if exit, _ := d.stop(syscall.SIGTERM, 5*time.Second); exit != 0 {
 		t.Errorf("exit status %d, want 0", exit)
+	}
+}
+
+// dropKeyspace removes a keyspace a test's musicd created.
+func dropKeyspace(t *testing.T, ks string) {
+	cfg := journal.DefaultCassandraConfig()
+	cfg.ContactPoints = []string{testenv.Cassandra(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := journal.DialCassandra(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Errorf("drop keyspace %s: %v", ks, err)
+		return
+	}
+	defer c.Close()
+	if err := c.Session.Query(`DROP KEYSPACE IF EXISTS ` + ks).Exec(); err != nil {
+		t.Errorf("drop keyspace %s: %v", ks, err)
 	}
 }

@@ -52,8 +52,9 @@ func options() []option {
 			switch {
 			case f.Type.Kind() == reflect.Struct:
 				walk(f.Type, idx, p)
-			case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() != reflect.String:
-				continue // lists of structs: config file only
+			case f.Type.Kind() == reflect.Map,
+				f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() != reflect.String:
+				continue // maps and lists of structs: config file only
 			default:
 				out = append(out, option{
 					path:  p,
@@ -297,6 +298,14 @@ func checkKnown(n *yaml.Node, t reflect.Type, path string, keyAt map[int]string)
 			}
 			keyAt[k.Line] = p
 			if err := checkKnown(n.Content[i+1], ft, p, keyAt); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Map && n.Kind == yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			p := path + "." + n.Content[i].Value
+			keyAt[n.Content[i].Line] = p
+			if err := checkKnown(n.Content[i+1], t.Elem(), p, keyAt); err != nil {
 				return err
 			}
 		}

@@ -42,6 +42,13 @@ Examples: [deploy/musicd.example.yaml](../deploy/musicd.example.yaml) (distribut
 		fmt.Fprintf(&b, "| `%s` | `--%s` | `%s` | %s | `%s` | %s |\n", o.path, o.flag, o.env, o.typeName(), d, o.help)
 	}
 	b.WriteString(`
+## Maps (file only)
+
+| key | type | meaning |
+|---|---|---|
+| ` + "`cassandra.replication.data_centers`" + ` | map of data center to replica count | replicas per data center when ` + "`cassandra.replication.strategy`" + ` is ` + "`network_topology`" + `, e.g. ` + "`{dc-irvine: 3, dc-amsterdam: 3}`" + ` |
+| ` + "`cassandra.stream_classes`" + ` | map of stream class to ` + "`{write, read, serial}`" + ` | consistency levels for the journal streams of one class (the part of a stream id before the first ` + "`/`" + `: ` + "`binlog`" + `, ` + "`key`" + `, ` + "`part`" + `), overriding ` + "`cassandra.consistency`" + ` (levels left out are taken from it). For example ` + "`binlog: {write: EACH_QUORUM}`" + ` makes captured changes durable in every data center before they are acknowledged |
+
 ## Database sources (file only)
 
 ` + "`sources`" + ` is a list; each item describes one MariaDB/MySQL server whose binary log musicd

@@ -52,6 +52,16 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		checks = append(checks, api.NamedCheck{Name: "data_dir", Checker: api.CheckFunc(func(context.Context) error {
 			return probeDir(cfg.DataDir)
 		})})
+		store, err := journal.OpenEmbedded(filepath.Join(cfg.DataDir, "journal"), logger)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() {
+			if err := store.Close(); err != nil {
+				logger.Warn("closing the journal", "err", err)
+			}
+		})
+		checks = append(checks, journalCheck(store))
 	}
 	if cfg.NATS.IsEmbedded() {
 		embedded, err = feeds.StartEmbedded(cfg.NATS.Embedded, filepath.Join(cfg.DataDir, "nats"), "musicd-"+cfg.Site, logger, 10*time.Second)
@@ -75,6 +85,11 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		}
 		closers = append(closers, cass.Close)
 		checks = append(checks, api.NamedCheck{Name: "cassandra", Checker: cass})
+		store, err := journal.OpenCassandraStore(startCtx, cass, cfg.Cassandra, logger)
+		if err != nil {
+			return startFailed("journal", err)
+		}
+		checks = append(checks, journalCheck(store))
 
 		zk, err := locks.DialZooKeeper(startCtx, cfg.ZooKeeper, logger)
 		if err != nil {
@@ -129,4 +144,12 @@ func probeDir(dir string) error {
 		return err
 	}
 	return os.Remove(name)
+}
+
+// journalCheck reads the head of a probe stream: a real read of the journal's store.
+func journalCheck(s journal.Store) api.NamedCheck {
+	return api.NamedCheck{Name: "journal", Checker: api.CheckFunc(func(ctx context.Context) error {
+		_, err := s.Head(ctx, "musicd/readyz")
+		return err
+	})}
 }

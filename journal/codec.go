@@ -1,0 +1,323 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The encoding of an entry is one version byte followed by a protocol buffer message (field
+// numbers below; the schema is documented in docs/journal.md). Protocol buffers give a compact,
+// self-delimiting and forward-compatible form: a reader skips fields it does not know, so new
+// fields can be added without a new version. The version byte changes only for an incompatible
+// change. See docs/decisions/0003-journal.md.
+const encodingVersion = 1
+
+// Field numbers of the Entry message. Never reuse a number.
+const (
+	fStream        = 1
+	fSeq           = 2
+	fEpoch         = 3
+	fHLCWall       = 4
+	fHLCLogical    = 5
+	fOrigin        = 6
+	fGTID          = 7
+	fFile          = 8
+	fPos           = 9
+	fRequestID     = 10
+	fTxID          = 11
+	fTxIndex       = 12
+	fTxCount       = 13
+	fTxLast        = 14
+	fOp            = 15
+	fDatabase      = 16
+	fTable         = 17
+	fKey           = 18
+	fBefore        = 19
+	fAfter         = 20
+	fSchemaVersion = 21
+	fStatement     = 22
+	fColumn        = 23
+)
+
+// Field numbers of the Row (1: repeated Field), Field and Column messages.
+const (
+	fRowField   = 1
+	fFieldName  = 1
+	fFieldKind  = 2
+	fFieldInt   = 3
+	fFieldUint  = 4
+	fFieldFloat = 5
+	fFieldStr   = 6
+	fFieldBytes = 7
+	fColName    = 1
+	fColType    = 2
+)
+
+// ErrCorrupt is returned (wrapped) by DecodeEntry for bytes that are not an encoded entry.
+var ErrCorrupt = errors.New("journal: corrupt entry encoding")
+
+// AppendEncoded appends the encoding of e to b.
+func AppendEncoded(b []byte, e *Entry) []byte {
+	b = append(b, encodingVersion)
+	b = appendString(b, fStream, e.Stream)
+	b = appendUint(b, fSeq, e.Seq)
+	b = appendUint(b, fEpoch, e.Epoch)
+	b = appendUint(b, fHLCWall, uint64(e.HLC.Wall))
+	b = appendUint(b, fHLCLogical, uint64(e.HLC.Logical))
+	b = appendString(b, fOrigin, e.Origin)
+	b = appendString(b, fGTID, e.Source.GTID)
+	b = appendString(b, fFile, e.Source.File)
+	b = appendUint(b, fPos, e.Source.Pos)
+	b = appendString(b, fRequestID, e.Source.RequestID)
+	b = appendString(b, fTxID, e.Tx.ID)
+	b = appendUint(b, fTxIndex, uint64(e.Tx.Index))
+	b = appendUint(b, fTxCount, uint64(e.Tx.Count))
+	if e.Tx.Last {
+		b = appendUint(b, fTxLast, 1)
+	}
+	b = appendUint(b, fOp, uint64(e.Op))
+	b = appendString(b, fDatabase, e.Database)
+	b = appendString(b, fTable, e.Table)
+	b = appendRow(b, fKey, e.Key)
+	b = appendRow(b, fBefore, e.Before)
+	b = appendRow(b, fAfter, e.After)
+	b = appendUint(b, fSchemaVersion, e.SchemaVersion)
+	b = appendString(b, fStatement, e.Statement)
+	for _, c := range e.Columns {
+		b = protowire.AppendTag(b, fColumn, protowire.BytesType)
+		var m []byte
+		m = appendString(m, fColName, c.Name)
+		m = appendString(m, fColType, c.Type)
+		b = protowire.AppendBytes(b, m)
+	}
+	return b
+}
+
+// Encode returns the encoding of e.
+func Encode(e *Entry) []byte { return AppendEncoded(make([]byte, 0, 64+estimate(e)), e) }
+
+func estimate(e *Entry) int {
+	n := len(e.Stream) + len(e.Origin) + len(e.Database) + len(e.Table) + len(e.Statement)
+	for _, r := range []Row{e.Key, e.Before, e.After} {
+		for _, f := range r {
+			n += 16 + len(f.Name) + len(f.Value.Str) + len(f.Value.Bytes)
+		}
+	}
+	return n
+}
+
+func appendUint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b // proto3: zero values are not written
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+// appendRow writes a present row (even an empty one) and nothing for a nil row, so that "no
+// image" and "an image with no columns" decode apart.
+func appendRow(b []byte, num protowire.Number, r Row) []byte {
+	if r == nil {
+		return b
+	}
+	var m []byte
+	for _, f := range r {
+		var fm []byte
+		fm = appendString(fm, fFieldName, f.Name)
+		fm = appendUint(fm, fFieldKind, uint64(f.Value.Kind))
+		v := f.Value
+		switch v.Kind {
+		case KindInt:
+			fm = appendUint(fm, fFieldInt, protowire.EncodeZigZag(v.Int))
+		case KindUint, KindBool:
+			fm = appendUint(fm, fFieldUint, v.Uint)
+		case KindFloat32, KindFloat64:
+			fm = protowire.AppendTag(fm, fFieldFloat, protowire.Fixed64Type)
+			fm = protowire.AppendFixed64(fm, math.Float64bits(v.Float))
+		case KindBytes:
+			fm = protowire.AppendTag(fm, fFieldBytes, protowire.BytesType)
+			fm = protowire.AppendBytes(fm, v.Bytes)
+		case KindNull:
+		default:
+			fm = appendString(fm, fFieldStr, v.Str)
+		}
+		m = protowire.AppendTag(m, fRowField, protowire.BytesType)
+		m = protowire.AppendBytes(m, fm)
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, m)
+}
+
+// DecodeEntry decodes an encoded entry. Byte slices in the result are copies: data may be reused.
+func DecodeEntry(data []byte) (Entry, error) {
+	var e Entry
+	if len(data) == 0 {
+		return e, fmt.Errorf("%w: empty", ErrCorrupt)
+	}
+	if data[0] != encodingVersion {
+		return e, fmt.Errorf("%w: unsupported version %d", ErrCorrupt, data[0])
+	}
+	err := walk(data[1:], func(num protowire.Number, typ protowire.Type, v uint64, raw []byte) error {
+		switch num {
+		case fStream:
+			e.Stream = string(raw)
+		case fSeq:
+			e.Seq = v
+		case fEpoch:
+			e.Epoch = v
+		case fHLCWall:
+			e.HLC.Wall = int64(v)
+		case fHLCLogical:
+			if v > math.MaxUint32 {
+				return errors.New("hlc logical out of range")
+			}
+			e.HLC.Logical = uint32(v)
+		case fOrigin:
+			e.Origin = string(raw)
+		case fGTID:
+			e.Source.GTID = string(raw)
+		case fFile:
+			e.Source.File = string(raw)
+		case fPos:
+			e.Source.Pos = v
+		case fRequestID:
+			e.Source.RequestID = string(raw)
+		case fTxID:
+			e.Tx.ID = string(raw)
+		case fTxIndex:
+			e.Tx.Index = uint32(v)
+		case fTxCount:
+			e.Tx.Count = uint32(v)
+		case fTxLast:
+			e.Tx.Last = v != 0
+		case fOp:
+			if v == 0 || v > uint64(opMax) {
+				return fmt.Errorf("unknown op %d", v)
+			}
+			e.Op = Op(v)
+		case fDatabase:
+			e.Database = string(raw)
+		case fTable:
+			e.Table = string(raw)
+		case fKey, fBefore, fAfter:
+			r, err := decodeRow(raw)
+			if err != nil {
+				return err
+			}
+			switch num {
+			case fKey:
+				e.Key = r
+			case fBefore:
+				e.Before = r
+			default:
+				e.After = r
+			}
+		case fSchemaVersion:
+			e.SchemaVersion = v
+		case fStatement:
+			e.Statement = string(raw)
+		case fColumn:
+			var c Column
+			if err := walk(raw, func(num protowire.Number, _ protowire.Type, _ uint64, raw []byte) error {
+				switch num {
+				case fColName:
+					c.Name = string(raw)
+				case fColType:
+					c.Type = string(raw)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			e.Columns = append(e.Columns, c)
+		}
+		return nil
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return e, nil
+}
+
+func decodeRow(data []byte) (Row, error) {
+	r := Row{}
+	err := walk(data, func(num protowire.Number, _ protowire.Type, _ uint64, raw []byte) error {
+		if num != fRowField {
+			return nil
+		}
+		var f Field
+		err := walk(raw, func(num protowire.Number, _ protowire.Type, v uint64, raw []byte) error {
+			switch num {
+			case fFieldName:
+				f.Name = string(raw)
+			case fFieldKind:
+				if v > uint64(kindMax) {
+					return fmt.Errorf("unknown value kind %d", v)
+				}
+				f.Value.Kind = Kind(v)
+			case fFieldInt:
+				f.Value.Int = protowire.DecodeZigZag(v)
+			case fFieldUint:
+				f.Value.Uint = v
+			case fFieldFloat:
+				f.Value.Float = math.Float64frombits(v)
+			case fFieldStr:
+				f.Value.Str = string(raw)
+			case fFieldBytes:
+				f.Value.Bytes = append([]byte{}, raw...)
+			}
+			return nil
+		})
+		r = append(r, f)
+		return err
+	})
+	return r, err
+}
+
+// walk calls fn for each field of a message: v holds varint and fixed values, raw the bytes of
+// length-delimited ones. Fields of a type fn does not expect are passed as they are; fn ignores
+// numbers it does not know (forward compatibility).
+func walk(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, raw []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		var v uint64
+		var raw []byte
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.Fixed64Type:
+			v, n = protowire.ConsumeFixed64(b)
+		case protowire.Fixed32Type:
+			var v32 uint32
+			v32, n = protowire.ConsumeFixed32(b)
+			v = uint64(v32)
+		case protowire.BytesType:
+			raw, n = protowire.ConsumeBytes(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if err := fn(num, typ, v, raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,358 @@
+package journal
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// EmbeddedStore is the Store of embedded mode: a Pebble database in a local directory. Appends are
+// durable on return (the write-ahead log is synced; concurrent appends share syncs). Appends,
+// fences and trims of one stream are serialized by a lock stripe; reads take no lock (a Pebble
+// iterator sees a consistent state, and a batch commits entries and head together).
+//
+// Key layout (stream ids never contain 0x00):
+//
+//	's' stream                  -> epoch, head, low (3 x uint64 big-endian)
+//	'e' stream 0x00 seq(8, BE)  -> encoded entry
+//	'c' stream 0x00 consumer    -> position (uint64 big-endian)
+type EmbeddedStore struct {
+	db      *pebble.DB
+	stripes [256]sync.Mutex
+}
+
+var _ Store = (*EmbeddedStore)(nil)
+
+// OpenEmbedded opens (creating if needed) the store in dir.
+func OpenEmbedded(dir string, logger *slog.Logger) (*EmbeddedStore, error) {
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{logger.With("component", "pebble")}})
+	if err != nil {
+		return nil, fmt.Errorf("journal: open embedded store %s: %w", dir, err)
+	}
+	return &EmbeddedStore{db: db}, nil
+}
+
+// Close closes the database.
+func (s *EmbeddedStore) Close() error { return s.db.Close() }
+
+func (s *EmbeddedStore) lock(stream string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(stream))
+	m := &s.stripes[h.Sum32()%uint32(len(s.stripes))]
+	m.Lock()
+	return m.Unlock
+}
+
+func metaKey(stream string) []byte { return append([]byte{'s'}, stream...) }
+
+func entryPrefix(stream string) []byte {
+	k := make([]byte, 0, len(stream)+10)
+	k = append(k, 'e')
+	k = append(k, stream...)
+	return append(k, 0)
+}
+
+func entryKey(stream string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(entryPrefix(stream), seq)
+}
+
+func consumerKey(stream, consumer string) []byte {
+	k := append([]byte{'c'}, stream...)
+	k = append(k, 0)
+	return append(k, consumer...)
+}
+
+func (s *EmbeddedStore) getMeta(stream string) (Head, error) {
+	v, closer, err := s.db.Get(metaKey(stream))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Head{}, nil
+	}
+	if err != nil {
+		return Head{}, fmt.Errorf("journal: stream %s: %w", stream, err)
+	}
+	defer closer.Close()
+	if len(v) != 24 {
+		return Head{}, fmt.Errorf("journal: stream %s: corrupt head record", stream)
+	}
+	return Head{
+		Epoch: binary.BigEndian.Uint64(v),
+		Seq:   binary.BigEndian.Uint64(v[8:]),
+		Low:   binary.BigEndian.Uint64(v[16:]),
+	}, nil
+}
+
+func encodeMeta(h Head) []byte {
+	v := make([]byte, 0, 24)
+	v = binary.BigEndian.AppendUint64(v, h.Epoch)
+	v = binary.BigEndian.AppendUint64(v, h.Seq)
+	return binary.BigEndian.AppendUint64(v, h.Low)
+}
+
+// Append implements Store.
+func (s *EmbeddedStore) Append(ctx context.Context, stream string, epoch uint64, entries []Entry) error {
+	encoded, err := prepareBatch(stream, epoch, entries)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	first, last := entries[0].Seq, entries[len(entries)-1].Seq
+	defer s.lock(stream)()
+	h, err := s.getMeta(stream)
+	if err != nil {
+		return err
+	}
+	if epoch < h.Epoch {
+		return fmt.Errorf("%w: stream %s: epoch %d < %d", ErrFenced, stream, epoch, h.Epoch)
+	}
+	if first != h.Seq+1 {
+		if last <= h.Seq && first > h.Low && epoch == h.Epoch {
+			same, err := s.sameEntries(stream, first, encoded)
+			if err != nil {
+				return err
+			}
+			if same {
+				return nil // a retry of a batch that is already stored
+			}
+		}
+		return fmt.Errorf("%w: stream %s: batch %d-%d, head %d", ErrConflict, stream, first, last, h.Seq)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i, data := range encoded {
+		if err := b.Set(entryKey(stream, first+uint64(i)), data, nil); err != nil {
+			return fmt.Errorf("journal: stream %s: %w", stream, err)
+		}
+	}
+	h.Seq, h.Epoch = last, epoch
+	if err := b.Set(metaKey(stream), encodeMeta(h), nil); err != nil {
+		return fmt.Errorf("journal: stream %s: %w", stream, err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("journal: stream %s: append %d-%d: %w", stream, first, last, err)
+	}
+	return nil
+}
+
+func (s *EmbeddedStore) sameEntries(stream string, first uint64, encoded [][]byte) (bool, error) {
+	for i, want := range encoded {
+		v, closer, err := s.db.Get(entryKey(stream, first+uint64(i)))
+		if errors.Is(err, pebble.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("journal: stream %s: %w", stream, err)
+		}
+		same := bytes.Equal(v, want)
+		closer.Close()
+		if !same {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Read implements Store.
+func (s *EmbeddedStore) Read(ctx context.Context, stream string, from uint64, max int) ([]Entry, error) {
+	if err := validateRead(stream, from, max); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h, err := s.getMeta(stream)
+	if err != nil {
+		return nil, err
+	}
+	if from <= h.Low {
+		return nil, fmt.Errorf("%w: stream %s: seq %d (trimmed below %d)", ErrTrimmed, stream, from, h.Low+1)
+	}
+	if from > h.Seq {
+		return nil, nil
+	}
+	to := min(h.Seq, from+uint64(max)-1)
+	it, err := s.db.NewIterWithContext(ctx, &pebble.IterOptions{
+		LowerBound: entryKey(stream, from),
+		UpperBound: entryKey(stream, to+1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("journal: stream %s: %w", stream, err)
+	}
+	defer it.Close()
+	out := make([]Entry, 0, to-from+1)
+	want := from
+	for ok := it.First(); ok; ok = it.Next() {
+		e, err := DecodeEntry(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("journal: stream %s seq %d: %w", stream, want, err)
+		}
+		if e.Seq != want {
+			return nil, fmt.Errorf("journal: stream %s: entry %d found where %d belongs", stream, e.Seq, want)
+		}
+		out = append(out, e)
+		want++
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("journal: stream %s: %w", stream, err)
+	}
+	return out, nil
+}
+
+// Head implements Store.
+func (s *EmbeddedStore) Head(ctx context.Context, stream string) (Head, error) {
+	if err := ValidateStreamID(stream); err != nil {
+		return Head{}, err
+	}
+	return s.getMeta(stream)
+}
+
+// Fence implements Store.
+func (s *EmbeddedStore) Fence(ctx context.Context, stream string, epoch uint64) (Head, error) {
+	if err := validateEpoch(stream, epoch); err != nil {
+		return Head{}, err
+	}
+	defer s.lock(stream)()
+	h, err := s.getMeta(stream)
+	if err != nil {
+		return Head{}, err
+	}
+	switch {
+	case epoch < h.Epoch:
+		return h, fmt.Errorf("%w: stream %s: epoch %d < %d", ErrFenced, stream, epoch, h.Epoch)
+	case epoch == h.Epoch:
+		return h, nil
+	}
+	h.Epoch = epoch
+	if err := s.db.Set(metaKey(stream), encodeMeta(h), pebble.Sync); err != nil {
+		return Head{}, fmt.Errorf("journal: stream %s: fence: %w", stream, err)
+	}
+	return h, nil
+}
+
+// ListStreams implements Store.
+func (s *EmbeddedStore) ListStreams(ctx context.Context, prefix, after string, limit int) ([]string, error) {
+	if err := validateList(prefix, limit); err != nil {
+		return nil, err
+	}
+	lower := metaKey(prefix)
+	if after >= prefix {
+		lower = append(metaKey(after), 0) // strictly after
+	}
+	upper := metaKey(prefix)
+	upper[len(upper)-1]++ // printable ASCII: no overflow
+	if bytes.Compare(lower, upper) >= 0 {
+		return nil, nil
+	}
+	it, err := s.db.NewIterWithContext(ctx, &pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []string
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		out = append(out, string(it.Key()[1:]))
+	}
+	return out, it.Error()
+}
+
+// SetPosition implements Store.
+func (s *EmbeddedStore) SetPosition(ctx context.Context, consumer, stream string, seq uint64) error {
+	if err := validateConsumer(consumer, stream, seq); err != nil {
+		return err
+	}
+	return s.db.Set(consumerKey(stream, consumer), binary.BigEndian.AppendUint64(nil, seq), pebble.Sync)
+}
+
+// Position implements Store.
+func (s *EmbeddedStore) Position(ctx context.Context, consumer, stream string) (uint64, bool, error) {
+	if err := validateConsumer(consumer, stream, 0); err != nil {
+		return 0, false, err
+	}
+	v, closer, err := s.db.Get(consumerKey(stream, consumer))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	defer closer.Close()
+	return binary.BigEndian.Uint64(v), true, nil
+}
+
+// Unregister implements Store.
+func (s *EmbeddedStore) Unregister(ctx context.Context, consumer, stream string) error {
+	if err := validateConsumer(consumer, stream, 0); err != nil {
+		return err
+	}
+	return s.db.Delete(consumerKey(stream, consumer), pebble.Sync)
+}
+
+// Trim implements Store.
+func (s *EmbeddedStore) Trim(ctx context.Context, stream string, below uint64) error {
+	if err := ValidateStreamID(stream); err != nil {
+		return err
+	}
+	defer s.lock(stream)()
+	h, err := s.getMeta(stream)
+	if err != nil {
+		return err
+	}
+	if below > h.Seq+1 {
+		return fmt.Errorf("%w: stream %s: trim below %d past head %d", ErrInvalid, stream, below, h.Seq)
+	}
+	if below <= h.Low+1 {
+		return nil
+	}
+	if err := s.checkConsumers(stream, below); err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(entryKey(stream, h.Low+1), entryKey(stream, below), nil); err != nil {
+		return err
+	}
+	h.Low = below - 1
+	if err := b.Set(metaKey(stream), encodeMeta(h), nil); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("journal: stream %s: trim: %w", stream, err)
+	}
+	return nil
+}
+
+func (s *EmbeddedStore) checkConsumers(stream string, below uint64) error {
+	prefix := consumerKey(stream, "")
+	upper := append(bytes.Clone(prefix[:len(prefix)-1]), 1)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		if pos := binary.BigEndian.Uint64(it.Value()); pos+1 < below {
+			return fmt.Errorf("%w: stream %s: consumer %s at %d, trim below %d", ErrConsumerBehind, stream, it.Key()[len(prefix):], pos, below)
+		}
+	}
+	return it.Error()
+}
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any)  { p.l.Debug(fmt.Sprintf(format, args...)) }
+func (p pebbleLogger) Errorf(format string, args ...any) { p.l.Error(fmt.Sprintf(format, args...)) }
+
+// Fatalf must not return (Pebble's contract): the store is in a state it cannot continue from.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error(msg)
+	panic("pebble: " + msg)
+}
