@@ -52,9 +52,12 @@ func (c ZooKeeperConfig) Validate() error {
 type ZooKeeper struct {
 	Conn *zk.Conn
 
+	cfg ZooKeeperConfig
+
 	mu struct {
 		sync.Mutex
-		state zk.State
+		state   zk.State
+		changed chan struct{} // closed and replaced at every session state change
 	}
 	events sync.WaitGroup // the goroutine that consumes session events
 }
@@ -62,9 +65,24 @@ type ZooKeeper struct {
 // DialZooKeeper connects and waits until a session is established or ctx ends. The client then
 // reconnects by itself while the connection is open; a session that expires is reported by Check.
 func DialZooKeeper(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger) (*ZooKeeper, error) {
-	z := &ZooKeeper{}
+	return dialZooKeeper(ctx, cfg, logger, nil)
+}
+
+// dialZooKeeper is DialZooKeeper with an optional dialer (tests cut the network with one).
+func dialZooKeeper(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger, dialer zk.Dialer) (*ZooKeeper, error) {
+	z := &ZooKeeper{cfg: cfg}
+	z.mu.changed = make(chan struct{})
 	zlog := logger.With("component", "zookeeper")
-	conn, events, err := zk.Connect(cfg.Servers, cfg.SessionTimeout, zk.WithLogger(zkLogger{zlog}))
+	var (
+		conn   *zk.Conn
+		events <-chan zk.Event
+		err    error
+	)
+	if dialer != nil {
+		conn, events, err = zk.Connect(cfg.Servers, cfg.SessionTimeout, zk.WithLogger(zkLogger{zlog}), zk.WithDialer(dialer))
+	} else {
+		conn, events, err = zk.Connect(cfg.Servers, cfg.SessionTimeout, zk.WithLogger(zkLogger{zlog}))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper %v: %w", cfg.Servers, err)
 	}
@@ -80,6 +98,8 @@ func DialZooKeeper(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger
 			}
 			z.mu.Lock()
 			z.mu.state = ev.State
+			close(z.mu.changed)
+			z.mu.changed = make(chan struct{})
 			z.mu.Unlock()
 			switch ev.State {
 			case zk.StateHasSession:
@@ -99,6 +119,13 @@ func DialZooKeeper(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger
 		z.Close()
 		return nil, fmt.Errorf("zookeeper %v: no session: %w", cfg.Servers, ctx.Err())
 	}
+}
+
+// sessionState returns the session's state and a channel closed at its next change.
+func (z *ZooKeeper) sessionState() (zk.State, <-chan struct{}) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.mu.state, z.mu.changed
 }
 
 // Check reads the root znode: one real request, bounded by ctx.
