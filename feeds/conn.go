@@ -41,6 +41,9 @@ func Connect(ctx context.Context, cfg Config, embedded *EmbeddedServer, name str
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { logger.Warn("nats error", "err", err) }),
 	}
 	url := strings.Join(cfg.URLs, ",")
+	if embedded == nil {
+		opts = append(opts, authOptions(cfg)...)
+	}
 	if embedded != nil {
 		opts = append(opts, nats.InProcessServer(embedded.ns))
 		url = ""
@@ -63,6 +66,30 @@ func Connect(ctx context.Context, cfg Config, embedded *EmbeddedServer, name str
 		return nil, fmt.Errorf("nats jetstream: %w", err)
 	}
 	return &Conn{NC: nc, js: js, closed: closed}, nil
+}
+
+// authOptions returns the credentials and TLS options of distributed mode (Validate has checked
+// that at most one kind of credentials is set).
+func authOptions(cfg Config) []nats.Option {
+	var opts []nats.Option
+	switch {
+	case cfg.CredentialsFile != "":
+		opts = append(opts, nats.UserCredentials(cfg.CredentialsFile))
+	case cfg.User != "":
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	case cfg.Token != "":
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	if cfg.TLS.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLS.CAFile))
+	}
+	if cfg.TLS.CertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLS.CertFile, cfg.TLS.KeyFile))
+	}
+	if cfg.TLS.enabled() {
+		opts = append(opts, nats.Secure())
+	}
+	return opts
 }
 
 func describe(url string) string {

@@ -142,6 +142,28 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.Embedded.Listen = "127.0.0.1:70000" }, "embedded.listen:"},
 		{func(c *Config) { c.Embedded.Listen = "" }, ""},
 		{func(c *Config) { c.ConnectTimeout = 0 }, "connect_timeout:"},
+		{func(c *Config) {
+			c.URLs = []string{"tls://n1:4222"}
+			c.User, c.Password = "u", "p"
+			c.TLS.CAFile = "ca.pem"
+		}, ""},
+		{func(c *Config) { c.URLs = []string{"nats://n1:4222"}; c.CredentialsFile = "x.creds" }, ""},
+		{func(c *Config) { c.URLs = []string{"nats://n1:4222"}; c.Token, c.User = "t", "u" }, "credentials_file, user, token:"},
+		{func(c *Config) { c.URLs = []string{"nats://n1:4222"}; c.Password = "p" }, "password:"},
+		{func(c *Config) { c.URLs = []string{"nats://n1:4222"}; c.TLS.CertFile = "c.pem" }, "tls.cert_file, tls.key_file:"},
+		{func(c *Config) { c.Token = "t" }, "credentials_file, user, token:"},
+		{func(c *Config) { c.TLS.CAFile = "ca.pem" }, "tls:"},
+		{func(c *Config) { c.Stream.Name = "A.B" }, "stream.name:"},
+		{func(c *Config) { c.Stream.SubjectPrefix = "music.>" }, "stream.subject_prefix:"},
+		{func(c *Config) { c.Stream.SubjectPrefix = "acme.music" }, ""},
+		{func(c *Config) { c.Stream.Replicas = 3 }, "stream.replicas:"},
+		{func(c *Config) { c.URLs = []string{"nats://n1:4222"}; c.Stream.Replicas = 3 }, ""},
+		{func(c *Config) { c.Stream.MaxBytes = 2 << 30 }, "stream.max_bytes:"},
+		{func(c *Config) { c.Stream.DuplicateWindow = 8 * 24 * time.Hour }, "stream.duplicate_window:"},
+		{func(c *Config) { c.Relay.MaxInFlight = 0 }, "relay.max_in_flight:"},
+		{func(c *Config) { c.Relay.ReadBatch = 20000 }, "relay.read_batch:"},
+		{func(c *Config) { c.Relay.AckTimeout = 0 }, "relay.ack_timeout:"},
+		{func(c *Config) { c.Relay.PollInterval = 0 }, "relay.poll_interval:"},
 	} {
 		c := DefaultConfig()
 		tc.mut(&c)
