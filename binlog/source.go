@@ -11,6 +11,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/musicd/musicd/internal/hostport"
+	"github.com/musicd/musicd/policies"
 )
 
 // SourceConfig describes one MariaDB/MySQL database whose binary log musicd reads.
@@ -29,6 +30,13 @@ type SourceConfig struct {
 	ServerID uint32 `yaml:"server_id"`
 	// Timeout bounds connecting and each statement. Default 5s.
 	Timeout time.Duration `yaml:"timeout"`
+	// Tables selects the tables captured and how they replicate (first matching rule wins; no
+	// match: not captured).
+	Tables policies.Tables `yaml:"tables"`
+	// StartPosition is the GTID position a new capture starts after (e.g. "1-1-1000"); empty
+	// means the server's current position. Once the source's stream has entries, capture
+	// resumes from the journal and this is ignored.
+	StartPosition string `yaml:"start_position"`
 }
 
 var sourceNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
@@ -63,6 +71,20 @@ func (c SourceConfig) Validate() error {
 	}
 	if c.Timeout <= 0 {
 		return errors.New("timeout: must be a positive duration")
+	}
+	if err := c.Tables.Validate(); err != nil {
+		return fmt.Errorf("tables%w", err)
+	}
+	if c.StartPosition != "" {
+		var err error
+		if c.Flavor == mysql.MariaDBFlavor {
+			_, err = mysql.ParseMariadbGTIDSet(c.StartPosition)
+		} else {
+			_, err = mysql.ParseMysqlGTIDSet(c.StartPosition)
+		}
+		if err != nil {
+			return fmt.Errorf("start_position: %q is not a GTID position: %v", c.StartPosition, err)
+		}
 	}
 	return nil
 }

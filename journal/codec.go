@@ -40,6 +40,7 @@ const (
 	fSchemaVersion = 21
 	fStatement     = 22
 	fColumn        = 23
+	fPosition      = 24
 )
 
 // Field numbers of the Row (1: repeated Field), Field and Column messages.
@@ -72,6 +73,7 @@ func AppendEncoded(b []byte, e *Entry) []byte {
 	b = appendString(b, fFile, e.Source.File)
 	b = appendUint(b, fPos, e.Source.Pos)
 	b = appendString(b, fRequestID, e.Source.RequestID)
+	b = appendString(b, fPosition, e.Source.Position)
 	b = appendString(b, fTxID, e.Tx.ID)
 	b = appendUint(b, fTxIndex, uint64(e.Tx.Index))
 	b = appendUint(b, fTxCount, uint64(e.Tx.Count))
@@ -193,6 +195,8 @@ func DecodeEntry(data []byte) (Entry, error) {
 			e.Source.Pos = v
 		case fRequestID:
 			e.Source.RequestID = string(raw)
+		case fPosition:
+			e.Source.Position = string(raw)
 		case fTxID:
 			e.Tx.ID = string(raw)
 		case fTxIndex:

@@ -10,7 +10,7 @@ import (
 func fullEntry() Entry {
 	return Entry{
 		Stream: "binlog/a/orders", Seq: 42, Epoch: 1 << 40, HLC: Timestamp{Wall: 1_700_000_000_123_456_789, Logical: 7},
-		Origin: "irvine", Source: Source{GTID: "1-1-42", File: "mysql-bin.000003", Pos: 1234, RequestID: "req-9"},
+		Origin: "irvine", Source: Source{GTID: "1-1-42", File: "mysql-bin.000003", Pos: 1234, RequestID: "req-9", Position: "1-1-42,2-2-7"},
 		Tx: Tx{ID: "1-1-42", Index: 2, Count: 3, Last: true}, Op: OpUpdate, Database: "shop", Table: "orders",
 		Key: Row{{"id", Int(-5)}},
 		Before: Row{

@@ -63,6 +63,9 @@ type Source struct {
 	File      string // binlog file name
 	Pos       uint64 // binlog position of the event
 	RequestID string // REST request id
+	// Position is where capture resumes after this entry: the source's whole GTID position (one
+	// GTID per domain, e.g. "1-1-42,2-2-7"). Set on the last entry of each captured transaction.
+	Position string
 }
 
 // Tx groups entries of one source transaction. A transaction may span several batches (large

@@ -3,5 +3,5 @@
 // owned and how ownership fails over. Policies are validated before they take effect; an invalid
 // policy changes nothing.
 //
-// Nothing is implemented yet; see the issue tracker.
+// Today: table replication rules (Tables), which the binlog capture uses to select tables.
 package policies

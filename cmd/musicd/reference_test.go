@@ -62,6 +62,8 @@ reads. Readiness (` + "`/readyz`" + `) logs in to each source.
 | ` + "`flavor`" + ` | string | ` + "`mariadb`" + ` | ` + "`mariadb`" + ` or ` + "`mysql`" + ` |
 | ` + "`server_id`" + ` | uint32 | required | musicd's replica server id on this source; distinct from the source's own and every other replica's |
 | ` + "`timeout`" + ` | duration | ` + "`5s`" + ` | bound on connecting and on each statement |
+| ` + "`tables`" + ` | list of ` + "`{match, mode}`" + ` | none (nothing captured) | which tables are captured and how they replicate: ` + "`match`" + ` is ` + "`database.table`" + ` with ` + "`*`" + `, ` + "`?`" + ` and ` + "`[...]`" + ` patterns, ` + "`mode`" + ` is ` + "`sync`" + `, ` + "`async`" + ` or ` + "`off`" + `; the first matching rule wins |
+| ` + "`start_position`" + ` | GTID position | the server's current position | where a new capture starts (after this GTID set); ignored once the source's journal stream has entries |
 `)
 	return b.String()
 }

@@ -1,0 +1,447 @@
+package binlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/musicd/musicd/journal"
+)
+
+// CaptureConfig configures the capture of one source.
+type CaptureConfig struct {
+	Source SourceConfig
+	// Site is this site's id; the capture writes stream "binlog/<site>/<source name>".
+	Site string
+	// ChunkEntries bounds the entries of a transaction held in memory: a larger transaction is
+	// journaled in chunks of this many entries, which readers join by Tx (Index, Last). Default 1000.
+	ChunkEntries int
+	// MarkInterval: when transactions pass that touch no captured table, a mark entry records the
+	// new position at most this often, so that a restart does not re-read them. Default 10s.
+	MarkInterval time.Duration
+}
+
+// Capture reads one source's binary log into its journal stream. Run is its driver loop; one
+// goroutine runs it at a time.
+type Capture struct {
+	cfg    CaptureConfig
+	store  journal.Store
+	clock  *journal.Clock
+	logger *slog.Logger
+}
+
+// ErrNotCapturable is returned (wrapped) by Run when the server's settings rule capture out; the
+// message says what to change. Retrying does not help.
+var ErrNotCapturable = errors.New("binlog: source cannot be captured")
+
+// NewCapture returns a capture of cfg.Source into store.
+func NewCapture(cfg CaptureConfig, store journal.Store, clock *journal.Clock, logger *slog.Logger) *Capture {
+	if cfg.ChunkEntries <= 0 {
+		cfg.ChunkEntries = 1000
+	}
+	cfg.ChunkEntries = min(cfg.ChunkEntries, journal.MaxBatchEntries)
+	if cfg.MarkInterval <= 0 {
+		cfg.MarkInterval = 10 * time.Second
+	}
+	cfg.Source = cfg.Source.WithDefaults()
+	return &Capture{cfg: cfg, store: store, clock: clock, logger: logger.With("source", cfg.Source.Name)}
+}
+
+// Stream is the journal stream this capture writes.
+func (c *Capture) Stream() string { return "binlog/" + c.cfg.Site + "/" + c.cfg.Source.Name }
+
+// Run captures until ctx ends (returning nil) or an error. epoch is the capture's fencing token:
+// the stream is fenced to it first, so a capture that lost its election can no longer append
+// (journal.ErrFenced). Run resumes after the last transaction in the journal: no transaction is
+// lost, none journaled twice. Errors other than ErrNotCapturable and journal.ErrFenced are
+// transient: the caller runs Run again after a pause (see Supervise).
+func (c *Capture) Run(ctx context.Context, epoch uint64) error {
+	src := c.cfg.Source
+	conn, err := Connect(ctx, src)
+	if err != nil {
+		return err
+	}
+	if err := checkServer(ctx, conn, src); err != nil {
+		conn.Close()
+		return fmt.Errorf("%w: %v", ErrNotCapturable, err)
+	}
+	head, err := c.store.Fence(ctx, c.Stream(), epoch)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	w := &txWriter{c: c, epoch: epoch, next: head.Seq + 1}
+	position, err := w.resume(ctx, head)
+	if err == nil && position == "" && head.Seq == 0 {
+		// A new stream: start from the configured position or the server's current one,
+		// recorded as entry 1.
+		position = src.StartPosition
+		if position == "" {
+			position, err = currentPosition(conn, src.Flavor)
+		}
+		if err == nil {
+			err = w.mark(ctx, "start", position)
+		}
+	}
+	conn.Close()
+	if err != nil {
+		return err
+	}
+	c.logger.Info("capture starting", "stream", c.Stream(), "epoch", epoch, "position", position, "next_seq", w.next, "skip", w.skip)
+
+	host, portStr, _ := net.SplitHostPort(src.Addr)
+	port, _ := strconv.Atoi(portStr)
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID: src.ServerID, Flavor: src.Flavor, Host: host, Port: uint16(port), User: src.User, Password: src.Password,
+		UseDecimal: true, TimestampStringLocation: time.UTC,
+		// go-mysql would retry forever; our caller retries with backoff instead.
+		MaxReconnectAttempts: 1, DisableRetrySync: true,
+		HeartbeatPeriod: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		EventCacheCount: 256, // bounds memory held ahead of the journal
+		Logger:          c.logger.With("component", "go-mysql"),
+	})
+	defer syncer.Close()
+	var gset mysql.GTIDSet
+	if src.Flavor == mysql.MariaDBFlavor {
+		gset, err = mysql.ParseMariadbGTIDSet(position)
+	} else {
+		gset, err = mysql.ParseMysqlGTIDSet(position)
+	}
+	if err != nil {
+		return fmt.Errorf("source %s: position %q: %w", src.Name, position, err)
+	}
+	streamer, err := syncer.StartSyncGTID(gset)
+	if err != nil {
+		return fmt.Errorf("source %s: start at %s: %w", src.Name, position, err)
+	}
+	for {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("source %s: reading the binlog: %w", src.Name, err)
+		}
+		if err := w.event(ctx, ev); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// Supervise runs Run again after transient errors, with exponential backoff (at most a minute
+// apart), until ctx ends or the error is permanent (ErrNotCapturable, journal.ErrFenced,
+// journal.ErrConflict).
+func (c *Capture) Supervise(ctx context.Context, epoch uint64) error {
+	b := backoff.NewExponentialBackOff()
+	b.MaxInterval = time.Minute
+	b.MaxElapsedTime = 0 // a capture keeps trying while it is the elected one; ctx ends it
+	for {
+		start := time.Now()
+		err := c.Run(ctx, epoch)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			return nil
+		case errors.Is(err, ErrNotCapturable), errors.Is(err, journal.ErrFenced), errors.Is(err, journal.ErrConflict):
+			return err
+		}
+		if time.Since(start) > time.Minute {
+			b.Reset() // it ran for a while: start the backoff over
+		}
+		wait := b.NextBackOff()
+		c.logger.Warn("capture failed; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// txWriter assembles binlog events into journal batches: the pure part of the capture, plus
+// the appends.
+type txWriter struct {
+	c     *Capture
+	epoch uint64
+	next  uint64 // seq of the next entry
+
+	// Resuming in the middle of a transaction: its first skip entries are already journaled.
+	skipTx string
+	skip   uint32
+
+	file      string // current binlog file
+	tables    map[uint64]*tableSchema
+	gtid      string // current transaction's GTID ("" outside one)
+	index     uint32 // entries of the current transaction so far
+	buf       []journal.Entry
+	lastWrite time.Time
+}
+
+// resume finds where to restart from the stream's tail: the position recorded on the last
+// complete transaction, and how many entries of an incomplete one are already there.
+func (w *txWriter) resume(ctx context.Context, head journal.Head) (string, error) {
+	if head.Seq == 0 {
+		return "", nil
+	}
+	last, err := w.entry(ctx, head.Seq)
+	if err != nil {
+		return "", err
+	}
+	if last.Tx.Last {
+		return last.Source.Position, nil
+	}
+	// A transaction cut off after some chunks: its entries 0..Index are journaled.
+	w.skipTx, w.skip = last.Tx.ID, last.Tx.Index+1
+	prev, err := w.entry(ctx, head.Seq-uint64(w.skip))
+	if err != nil {
+		return "", err
+	}
+	if !prev.Tx.Last {
+		return "", fmt.Errorf("stream %s: entry %d before the incomplete transaction %s does not end a transaction", w.c.Stream(), prev.Seq, w.skipTx)
+	}
+	return prev.Source.Position, nil
+}
+
+func (w *txWriter) entry(ctx context.Context, seq uint64) (journal.Entry, error) {
+	es, err := w.c.store.Read(ctx, w.c.Stream(), seq, 1)
+	if err != nil {
+		return journal.Entry{}, err
+	}
+	if len(es) != 1 {
+		return journal.Entry{}, fmt.Errorf("stream %s: entry %d not readable", w.c.Stream(), seq)
+	}
+	return es[0], nil
+}
+
+// mark journals a position with no data change.
+func (w *txWriter) mark(ctx context.Context, why, position string) error {
+	e := journal.Entry{Op: journal.OpMark, Statement: why, Tx: journal.Tx{ID: w.gtid, Count: 1, Last: true}}
+	e.Source.GTID, e.Source.File, e.Source.Position = w.gtid, w.file, position
+	return w.append(ctx, []journal.Entry{e})
+}
+
+// event handles one binlog event.
+func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error {
+	switch e := ev.Event.(type) {
+	case *replication.RotateEvent:
+		w.file = string(e.NextLogName)
+	case *replication.MariadbGTIDEvent:
+		w.begin(fmt.Sprintf("%d-%d-%d", e.GTID.DomainID, e.GTID.ServerID, e.GTID.SequenceNumber))
+	case *replication.GTIDEvent:
+		w.begin(fmt.Sprintf("%x:%d", e.SID, e.GNO))
+	case *replication.TableMapEvent:
+		if w.tables == nil {
+			w.tables = map[uint64]*tableSchema{}
+		}
+		if !w.c.cfg.Source.Tables.Selected(string(e.Schema), string(e.Table)) {
+			delete(w.tables, e.TableID)
+			return nil
+		}
+		s, err := newTableSchema(e)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotCapturable, err)
+		}
+		w.tables[e.TableID] = s
+	case *replication.RowsEvent:
+		return w.rows(ctx, ev.Header, e)
+	case *replication.XIDEvent:
+		return w.commit(ctx, ev.Header, e.GSet)
+	case *replication.QueryEvent:
+		return w.query(ctx, ev.Header, e)
+	}
+	return nil
+}
+
+func (w *txWriter) begin(gtid string) {
+	w.gtid, w.index, w.buf = gtid, 0, w.buf[:0]
+}
+
+// skipReplicationFlag marks events written by a session with skip_replication=1 (MariaDB's
+// LOG_EVENT_SKIP_REPLICATION_F): musicd's appliers write so, and capture leaves those events out,
+// so that changes applied from other sites are not journaled again here (no echo). Native replicas
+// still receive them (their replicate_events_marked_for_skip defaults to REPLICATE).
+const skipReplicationFlag = 0x8000
+
+func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *replication.RowsEvent) error {
+	s, ok := w.tables[e.TableID]
+	if !ok || h.Flags&skipReplicationFlag != 0 {
+		return nil // not a captured table, or written by an applier
+	}
+	var op journal.Op
+	step := 1
+	switch h.EventType {
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2:
+		op = journal.OpInsert
+	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2:
+		op, step = journal.OpUpdate, 2
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2:
+		op = journal.OpDelete
+	default:
+		return nil
+	}
+	for i := 0; i+step <= len(e.Rows); i += step {
+		first, err := s.row(e.Rows[i])
+		if err != nil {
+			return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
+		}
+		entry := journal.Entry{Op: op, Database: s.database, Table: s.table, SchemaVersion: s.version}
+		switch op {
+		case journal.OpInsert:
+			entry.After, entry.Key = first, s.key(first)
+		case journal.OpDelete:
+			entry.Before, entry.Key = first, s.key(first)
+		case journal.OpUpdate:
+			after, err := s.row(e.Rows[i+1])
+			if err != nil {
+				return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
+			}
+			entry.Before, entry.After, entry.Key = first, after, s.key(after)
+		}
+		if err := w.add(ctx, h, entry); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// add puts an entry of the current transaction in the buffer, journaling a chunk when the
+// buffer outgrows ChunkEntries (one entry always stays, to carry the end of the transaction).
+func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journal.Entry) error {
+	e.Origin = w.c.cfg.Site
+	e.Source.GTID, e.Source.File, e.Source.Pos = w.gtid, w.file, uint64(h.LogPos)
+	e.Tx = journal.Tx{ID: w.gtid, Index: w.index}
+	w.index++
+	w.buf = append(w.buf, e)
+	if len(w.buf) > w.c.cfg.ChunkEntries {
+		n := w.c.cfg.ChunkEntries
+		if err := w.append(ctx, w.buf[:n]); err != nil {
+			return err
+		}
+		w.buf = append(w.buf[:0], w.buf[n:]...)
+	}
+	return nil
+}
+
+// commit ends the current transaction: its last chunk carries Tx.Last and the resume position.
+func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset mysql.GTIDSet) error {
+	position := ""
+	if gset != nil {
+		position = gset.String()
+	}
+	defer func() { w.gtid, w.buf = "", w.buf[:0] }()
+	if len(w.buf) == 0 {
+		if time.Since(w.lastWrite) >= w.c.cfg.MarkInterval {
+			return w.mark(ctx, "position", position)
+		}
+		return nil
+	}
+	last := &w.buf[len(w.buf)-1]
+	last.Tx.Last, last.Source.Position = true, position
+	if w.index <= uint32(w.c.cfg.ChunkEntries)+1 {
+		for i := range w.buf {
+			w.buf[i].Tx.Count = w.index // the whole transaction was held: its size is known
+		}
+	}
+	return w.append(ctx, w.buf)
+}
+
+var (
+	txControlRe = regexp.MustCompile(`(?i)^\s*(BEGIN|COMMIT|ROLLBACK|XA\s|SAVEPOINT|RELEASE\s+SAVEPOINT)`)
+	tableDDLRe  = regexp.MustCompile("(?is)^\\s*(?:/\\*.*?\\*/\\s*)*(?:CREATE|ALTER|DROP|TRUNCATE|RENAME|OPTIMIZE|REPAIR|ANALYZE)\\s+(?:ONLINE\\s+|IGNORE\\s+|OR\\s+REPLACE\\s+|TEMPORARY\\s+)*TABLES?\\s+(?:IF\\s+(?:NOT\\s+)?EXISTS\\s+)?((?:`[^`]+`|[\\w$]+)(?:\\.(?:`[^`]+`|[\\w$]+))?)")
+	dbDDLRe     = regexp.MustCompile(`(?i)^\s*(CREATE|ALTER|DROP)\s+(DATABASE|SCHEMA)\b`)
+)
+
+// query handles a QUERY event: transaction control, or a DDL statement (its own transaction).
+func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *replication.QueryEvent) error {
+	stmt := string(e.Query)
+	if m := txControlRe.FindStringSubmatch(stmt); m != nil {
+		if strings.EqualFold(m[1], "COMMIT") {
+			return w.commit(ctx, h, e.GSet) // a transaction of a non-transactional engine
+		}
+		return nil
+	}
+	if h.Flags&skipReplicationFlag != 0 {
+		return w.commit(ctx, h, e.GSet) // a schema change applied from another site
+	}
+	db, table := string(e.Schema), ""
+	if m := tableDDLRe.FindStringSubmatch(stmt); m != nil {
+		name := strings.ReplaceAll(m[1], "`", "")
+		if d, t, ok := strings.Cut(name, "."); ok {
+			db, table = d, t
+		} else {
+			table = name
+		}
+		if !w.c.cfg.Source.Tables.Selected(db, table) {
+			return w.commit(ctx, h, e.GSet)
+		}
+	} else if dbDDLRe.MatchString(stmt) {
+		return w.commit(ctx, h, e.GSet) // databases are not replicated objects
+	} else {
+		w.c.logger.Warn("statement not understood; journaled as DDL without a table", "gtid", w.gtid, "statement", truncate(stmt, 200))
+	}
+	entry := journal.Entry{Op: journal.OpDDL, Database: db, Table: table, Statement: stmt}
+	if err := w.add(ctx, h, entry); err != nil {
+		return err
+	}
+	return w.commit(ctx, h, e.GSet)
+}
+
+// append journals a batch with seqs from w.next, dropping entries already journaled before a
+// restart, retrying transient errors with backoff (the same batch again is safe).
+func (w *txWriter) append(ctx context.Context, es []journal.Entry) error {
+	if w.skip > 0 {
+		kept := make([]journal.Entry, 0, len(es))
+		for _, e := range es {
+			if e.Tx.ID != w.skipTx || e.Tx.Index >= w.skip {
+				kept = append(kept, e)
+			}
+		}
+		// Once the capture has produced the last entry journaled before the restart, or moved
+		// past that transaction, nothing more is skipped.
+		if last := es[len(es)-1]; last.Tx.ID != w.skipTx || last.Tx.Index+1 >= w.skip {
+			w.skip = 0
+		}
+		if es = kept; len(es) == 0 {
+			return nil
+		}
+	}
+	for i := range es {
+		es[i].Seq = w.next + uint64(i)
+		es[i].HLC = w.c.clock.Now()
+	}
+	b := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(2*time.Minute)), ctx)
+	err := backoff.Retry(func() error {
+		err := w.c.store.Append(ctx, w.c.Stream(), w.epoch, es)
+		if errors.Is(err, journal.ErrFenced) || errors.Is(err, journal.ErrConflict) || errors.Is(err, journal.ErrInvalid) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, b)
+	if err != nil {
+		return fmt.Errorf("source %s: journal %d entries at %d (gtid %s): %w", w.c.cfg.Source.Name, len(es), w.next, es[0].Tx.ID, err)
+	}
+	w.next += uint64(len(es))
+	w.lastWrite = time.Now()
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

@@ -1,0 +1,269 @@
+package binlog
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/shopspring/decimal"
+
+	"github.com/musicd/musicd/journal"
+)
+
+// tableSchema is what a TABLE_MAP event says about a table: everything rows are decoded with.
+// It is derived from the event alone (binlog_row_metadata=FULL), never from the live schema, so a
+// row written before an ALTER decodes with the columns it was written with.
+type tableSchema struct {
+	database, table string
+	names           []string
+	types           []byte   // real column types
+	meta            []uint16 // type metadata (decimal precision and scale, ...)
+	unsigned        map[int]bool
+	collation       map[int]uint64
+	enums, sets     map[int][]string
+	pk              []int
+	version         uint64 // a hash of the above: changes when the table's shape changes
+}
+
+// newTableSchema reads a TABLE_MAP event. It fails if the event lacks column names (the server
+// does not write binlog_row_metadata=FULL).
+func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
+	names := t.ColumnNameString()
+	if len(names) != int(t.ColumnCount) {
+		return nil, fmt.Errorf("table %s.%s: TABLE_MAP event without column names (binlog_row_metadata is not FULL)", t.Schema, t.Table)
+	}
+	s := &tableSchema{
+		database: string(t.Schema), table: string(t.Table), names: names,
+		meta: t.ColumnMeta, unsigned: t.UnsignedMap(), collation: t.CollationMap(),
+		enums: t.EnumStrValueMap(), sets: t.SetStrValueMap(),
+	}
+	h := fnv.New64a()
+	for i := range names {
+		typ := t.ColumnType[i]
+		if typ == mysql.MYSQL_TYPE_STRING && t.ColumnMeta[i] >= 256 {
+			if rt := byte(t.ColumnMeta[i] >> 8); rt == mysql.MYSQL_TYPE_ENUM || rt == mysql.MYSQL_TYPE_SET {
+				typ = rt
+			}
+		}
+		s.types = append(s.types, typ)
+		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%v\x00%d\x00%q\x00%q\x01", names[i], typ, t.ColumnMeta[i], s.unsigned[i], s.collation[i], s.enums[i], s.sets[i])
+	}
+	for _, i := range t.PrimaryKey {
+		s.pk = append(s.pk, int(i))
+	}
+	fmt.Fprintf(h, "%v", s.pk)
+	s.version = h.Sum64()
+	return s, nil
+}
+
+// row converts a decoded binlog row into a journal row, column by column.
+func (s *tableSchema) row(values []any) (journal.Row, error) {
+	if len(values) != len(s.names) {
+		return nil, fmt.Errorf("table %s.%s: row of %d values for %d columns", s.database, s.table, len(values), len(s.names))
+	}
+	r := make(journal.Row, len(values))
+	for i, v := range values {
+		val, err := s.value(i, v)
+		if err != nil {
+			return nil, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
+		}
+		r[i] = journal.Field{Name: s.names[i], Value: val}
+	}
+	return r, nil
+}
+
+// key returns the primary key columns of a row (nil if the table has none).
+func (s *tableSchema) key(r journal.Row) journal.Row {
+	if len(s.pk) == 0 || r == nil {
+		return nil
+	}
+	k := make(journal.Row, 0, len(s.pk))
+	for _, i := range s.pk {
+		if i < len(r) {
+			k = append(k, r[i])
+		}
+	}
+	return k
+}
+
+// value converts one value as go-mysql decoded it (with UseDecimal, without ParseTime) into an
+// exact journal value.
+func (s *tableSchema) value(i int, v any) (journal.Value, error) {
+	if v == nil {
+		return journal.Null(), nil
+	}
+	switch s.types[i] {
+	case mysql.MYSQL_TYPE_TINY, mysql.MYSQL_TYPE_SHORT, mysql.MYSQL_TYPE_INT24, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONGLONG:
+		switch n := v.(type) {
+		case int8:
+			return journal.Int(int64(n)), nil
+		case int16:
+			return journal.Int(int64(n)), nil
+		case int32:
+			return journal.Int(int64(n)), nil
+		case int64:
+			return journal.Int(n), nil
+		case uint8:
+			return journal.Uint(uint64(n)), nil
+		case uint16:
+			return journal.Uint(uint64(n)), nil
+		case uint32:
+			return journal.Uint(uint64(n)), nil
+		case uint64:
+			return journal.Uint(n), nil
+		}
+	case mysql.MYSQL_TYPE_NEWDECIMAL:
+		if d, ok := v.(decimal.Decimal); ok {
+			return journal.Decimal(d.StringFixed(int32(s.meta[i] & 0xff))), nil
+		}
+	case mysql.MYSQL_TYPE_FLOAT:
+		if f, ok := v.(float32); ok {
+			return journal.Value{Kind: journal.KindFloat32, Float: float64(f)}, nil
+		}
+	case mysql.MYSQL_TYPE_DOUBLE:
+		if f, ok := v.(float64); ok {
+			return journal.Float64(f), nil
+		}
+	case mysql.MYSQL_TYPE_BIT:
+		if n, ok := v.(int64); ok {
+			return journal.Uint(uint64(n)), nil
+		}
+	case mysql.MYSQL_TYPE_YEAR:
+		if n, ok := v.(int); ok {
+			return journal.Value{Kind: journal.KindTemporal, Str: fmt.Sprintf("%04d", n)}, nil
+		}
+	case mysql.MYSQL_TYPE_DATE, mysql.MYSQL_TYPE_NEWDATE, mysql.MYSQL_TYPE_TIME, mysql.MYSQL_TYPE_DATETIME, mysql.MYSQL_TYPE_TIMESTAMP:
+		if str, ok := v.(string); ok {
+			return journal.Value{Kind: journal.KindTemporal, Str: str}, nil
+		}
+	case mysql.MYSQL_TYPE_TIME2, mysql.MYSQL_TYPE_DATETIME2, mysql.MYSQL_TYPE_TIMESTAMP2:
+		// Text as the server shows it (TIMESTAMP in UTC), with exactly the column's fractional
+		// digits (its metadata), which go-mysql drops when they are all zero.
+		if str, ok := v.(string); ok {
+			return journal.Value{Kind: journal.KindTemporal, Str: withFraction(str, int(s.meta[i]))}, nil
+		}
+	case mysql.MYSQL_TYPE_ENUM:
+		if n, ok := v.(int64); ok {
+			if n == 0 {
+				return journal.String(""), nil // the "invalid value" index
+			}
+			names := s.enums[i]
+			if int(n) > len(names) {
+				return journal.Value{}, fmt.Errorf("enum index %d of %d values", n, len(names))
+			}
+			return journal.String(names[n-1]), nil
+		}
+	case mysql.MYSQL_TYPE_SET:
+		if n, ok := v.(int64); ok {
+			names := s.sets[i]
+			var parts []string
+			for b := range names {
+				if uint64(n)&(1<<b) != 0 {
+					parts = append(parts, names[b])
+				}
+			}
+			return journal.String(strings.Join(parts, ",")), nil
+		}
+	case mysql.MYSQL_TYPE_JSON:
+		switch j := v.(type) {
+		case string:
+			return journal.Value{Kind: journal.KindJSON, Str: j}, nil
+		case []byte:
+			return journal.Value{Kind: journal.KindJSON, Str: string(j)}, nil
+		}
+	case mysql.MYSQL_TYPE_GEOMETRY:
+		if b, ok := v.([]byte); ok {
+			return journal.Bytes(append([]byte{}, b...)), nil
+		}
+	case mysql.MYSQL_TYPE_STRING, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB:
+		var raw []byte
+		switch b := v.(type) {
+		case string:
+			raw = []byte(b)
+		case []byte:
+			raw = append([]byte{}, b...)
+		default:
+			return journal.Value{}, fmt.Errorf("unexpected %T", v)
+		}
+		val := text(raw, s.collation[i])
+		if s.types[i] == mysql.MYSQL_TYPE_STRING && val.Kind == journal.KindBytes {
+			// BINARY(n) keeps its trailing zero bytes, which the row image leaves out.
+			if n := fixedLength(s.meta[i]); len(val.Bytes) < n {
+				val.Bytes = append(val.Bytes, make([]byte, n-len(val.Bytes))...)
+			}
+		}
+		return val, nil
+	}
+	return journal.Value{}, fmt.Errorf("unexpected %T for column type %d", v, s.types[i])
+}
+
+// text decodes character data by its collation: binary stays bytes, latin1 is converted to UTF-8
+// (MariaDB's latin1 is Windows-1252), and other character sets are kept as UTF-8 text when they
+// are valid UTF-8 (utf8mb3, utf8mb4, ascii), or as bytes otherwise.
+func text(raw []byte, collation uint64) journal.Value {
+	switch {
+	case collation == binaryCollation:
+		return journal.Bytes(raw)
+	case latin1Collations[collation]:
+		var b strings.Builder
+		b.Grow(len(raw))
+		for _, c := range raw {
+			b.WriteRune(cp1252(c))
+		}
+		return journal.String(b.String())
+	case utf8.Valid(raw):
+		return journal.String(string(raw))
+	default:
+		return journal.Bytes(raw)
+	}
+}
+
+const binaryCollation = 63
+
+// latin1Collations are the collation ids of MariaDB's latin1 character set.
+var latin1Collations = map[uint64]bool{5: true, 8: true, 15: true, 31: true, 47: true, 48: true, 49: true, 94: true, 1032: true, 1071: true}
+
+// cp1252 maps a latin1 (Windows-1252) byte to its rune. Bytes 0x80-0x9f that Windows-1252 leaves
+// undefined map to the C1 control of the same value, as MariaDB does.
+func cp1252(c byte) rune {
+	if c < 0x80 || c >= 0xa0 {
+		return rune(c)
+	}
+	return cp1252High[c-0x80]
+}
+
+var cp1252High = [32]rune{
+	0x20ac, 0x81, 0x201a, 0x0192, 0x201e, 0x2026, 0x2020, 0x2021, 0x02c6, 0x2030, 0x0160, 0x2039, 0x0152, 0x8d, 0x017d, 0x8f,
+	0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x02dc, 0x2122, 0x0161, 0x203a, 0x0153, 0x9d, 0x017e, 0x0178,
+}
+
+// withFraction gives a temporal text exactly fsp fractional digits.
+func withFraction(s string, fsp int) string {
+	if fsp <= 0 || fsp > 6 {
+		return s
+	}
+	dot := strings.LastIndexByte(s, '.')
+	if dot < 0 {
+		return s + "." + strings.Repeat("0", fsp)
+	}
+	if have := len(s) - dot - 1; have < fsp {
+		return s + strings.Repeat("0", fsp-have)
+	}
+	return s
+}
+
+// fixedLength is the declared byte length of a CHAR/BINARY column from its TABLE_MAP metadata
+// (the same decoding as the server's: the high bits of the length are folded into the type byte).
+func fixedLength(meta uint16) int {
+	if meta < 256 {
+		return int(meta)
+	}
+	b0, b1 := byte(meta>>8), byte(meta&0xff)
+	if b0&0x30 != 0x30 {
+		return int(uint16(b1) | uint16((b0&0x30)^0x30)<<4)
+	}
+	return int(b1)
+}
