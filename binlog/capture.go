@@ -29,6 +29,11 @@ type CaptureConfig struct {
 	// MarkInterval: when transactions pass that touch no captured table, a mark entry records the
 	// new position at most this often, so that a restart does not re-read them. Default 10s.
 	MarkInterval time.Duration
+	// OnAppend, if set, is called after each successful append with the stream and its new last
+	// seq (the feeds relay's fast path). It must not block.
+	OnAppend func(stream string, seq uint64)
+	// Metrics, if set, receives the capture's figures.
+	Metrics *Metrics
 }
 
 // Capture reads one source's binary log into its journal stream. Run is its driver loop; one
@@ -183,12 +188,13 @@ type txWriter struct {
 	skipTx string
 	skip   uint32
 
-	file      string // current binlog file
-	tables    map[uint64]*tableSchema
-	gtid      string // current transaction's GTID ("" outside one)
-	index     uint32 // entries of the current transaction so far
-	buf       []journal.Entry
-	lastWrite time.Time
+	file       string // current binlog file
+	tables     map[uint64]*tableSchema
+	gtid       string // current transaction's GTID ("" outside one)
+	index      uint32 // entries of the current transaction so far
+	buf        []journal.Entry
+	lastWrite  time.Time
+	commitTime uint32 // source commit time (binlog event header, seconds) of the last transaction read
 }
 
 // resume finds where to restart from the stream's tail: the position recorded on the last
@@ -338,6 +344,7 @@ func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journa
 
 // commit ends the current transaction: its last chunk carries Tx.Last and the resume position.
 func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset mysql.GTIDSet) error {
+	w.commitTime = h.Timestamp
 	position := ""
 	if gset != nil {
 		position = gset.String()
@@ -436,6 +443,23 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry) error {
 	}
 	w.next += uint64(len(es))
 	w.lastWrite = time.Now()
+	if cfg := w.c.cfg; cfg.Metrics != nil {
+		for _, e := range es {
+			switch e.Op {
+			case journal.OpInsert, journal.OpUpdate, journal.OpDelete:
+				cfg.Metrics.rows.WithLabelValues(cfg.Source.Name, e.Database+"."+e.Table, e.Op.String()).Inc()
+			}
+			if e.Tx.Last && e.Op != journal.OpMark {
+				cfg.Metrics.txs.WithLabelValues(cfg.Source.Name).Inc()
+			}
+		}
+		if w.commitTime > 0 {
+			cfg.Metrics.lag.WithLabelValues(cfg.Source.Name).Set(time.Since(time.Unix(int64(w.commitTime), 0)).Seconds())
+		}
+	}
+	if w.c.cfg.OnAppend != nil {
+		w.c.cfg.OnAppend(w.c.Stream(), w.next-1)
+	}
 	return nil
 }
 

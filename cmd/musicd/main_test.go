@@ -17,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/musicd/musicd/binlog"
 	"github.com/musicd/musicd/internal/testenv"
 	"github.com/musicd/musicd/journal"
 )
@@ -325,4 +329,114 @@ func dropKeyspace(t *testing.T, ks string) {
 	if err := c.Session.Query(`DROP KEYSPACE IF EXISTS ` + ks).Exec(); err != nil {
 		t.Errorf("drop keyspace %s: %v", ks, err)
 	}
+}
+
+// End to end in embedded mode: a row committed in a source database is captured into the
+// journal and published by the relay on its subject, with the documented envelope.
+func TestEmbeddedCaptureToChangeFeed(t *testing.T) {
+	addr := testenv.MariaDBA(t)
+	db := testenv.UniqueName("e2e_")
+	src := binlog.SourceConfig{Name: "a", Addr: addr, User: testenv.MariaDBUser, Password: testenv.MariaDBPassword, ServerID: 4003}.WithDefaults()
+	conn, err := binlog.Connect(context.Background(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mustExec := func(q string) {
+		t.Helper()
+		if _, err := conn.Execute(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	mustExec("CREATE DATABASE " + db)
+	defer mustExec("DROP DATABASE " + db)
+	mustExec("CREATE TABLE " + db + ".orders (id BIGINT UNSIGNED PRIMARY KEY, note VARCHAR(20))")
+
+	cfg := fmt.Sprintf(`
+log: {format: json}
+api: {listen: "127.0.0.1:0"}
+nats: {embedded: {listen: "127.0.0.1:0"}}
+sources:
+  - {name: a, addr: "%s", user: %s, password: %s, server_id: 4003, tables: [{match: "%s.*", mode: async}]}
+`, addr, testenv.MariaDBUser, testenv.MariaDBPassword, db)
+	d := startDaemon(t, "--config", writeFile(t, cfg))
+	base := d.waitServing(30 * time.Second)
+	natsURL := d.logValue(`"msg":"embedded nats server started"`, "url")
+	nc, err := nats.Connect(natsURL, nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// Read the change feed from its JetStream stream, from the beginning.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var cons jetstream.Consumer
+	testenv.WaitFor(t, 30*time.Second, "the relay to create the MUSIC_CHANGES stream", func() bool {
+		cons, err = js.OrderedConsumer(ctx, "MUSIC_CHANGES", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"music.changes.>"}})
+		return err == nil
+	})
+	next := func(what string) jetstream.Msg {
+		t.Helper()
+		m, err := cons.Next(jetstream.FetchMaxWait(30 * time.Second))
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		return m
+	}
+	// The capture's first entry marks the position it starts from.
+	if m := next("the capture's start mark"); !strings.HasSuffix(m.Subject(), ".mark") || m.Headers().Get("Music-Stream") != "binlog/local/a" || m.Headers().Get("Music-Seq") != "1" {
+		t.Fatalf("first message: %s %v", m.Subject(), m.Headers())
+	}
+	if code, r := readyz(t, base); code != 200 {
+		t.Fatalf("/readyz %d %+v", code, r)
+	}
+	mustExec("INSERT INTO " + db + ".orders VALUES (18446744073709551615, 'hello')")
+	m := next("the insert")
+	if m.Subject() != "music.changes."+db+".orders.insert" || m.Headers().Get("Music-Stream") != "binlog/local/a" || m.Headers().Get("Music-Seq") != "2" {
+		t.Errorf("subject %s, headers %v", m.Subject(), m.Headers())
+	}
+	var env struct {
+		Op     string
+		After  map[string]json.RawMessage
+		Source struct {
+			Site, Database, Table, Stream, GTID string
+			Seq                                 uint64
+		}
+		Transaction struct {
+			ID   string
+			Last bool
+		}
+	}
+	if err := json.Unmarshal(m.Data(), &env); err != nil {
+		t.Fatalf("envelope %s: %v", m.Data(), err)
+	}
+	if env.Op != "c" || string(env.After["id"]) != "18446744073709551615" || string(env.After["note"]) != `"hello"` ||
+		env.Source.Database != db || env.Source.Table != "orders" || env.Source.GTID == "" || env.Source.Site != "local" ||
+		env.Source.Seq != 2 || env.Transaction.ID != env.Source.GTID || !env.Transaction.Last {
+		t.Errorf("envelope %s", m.Data())
+	}
+	if exit, _ := d.stop(syscall.SIGTERM, 5*time.Second); exit != 0 {
+		t.Errorf("exit status %d", exit)
+	}
+}
+
+// logValue returns the value of key in the first JSON log line containing marker.
+func (d *daemon) logValue(marker, key string) string {
+	d.t.Helper()
+	for _, line := range strings.Split(d.log(), "\n") {
+		if strings.Contains(line, marker) {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil {
+				if v, ok := rec[key].(string); ok {
+					return v
+				}
+			}
+		}
+	}
+	d.t.Fatalf("no log line with %s and %s", marker, key)
+	return ""
 }

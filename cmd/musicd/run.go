@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +46,8 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 
 	var checks []api.NamedCheck
 	var embedded *feeds.EmbeddedServer
+	var store journal.Store
+	var elector binlog.Elector // distributed mode: captures are elected among the site's instances
 	if cfg.Mode == modeEmbedded {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return fmt.Errorf("data_dir: %w", err)
@@ -52,15 +55,16 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		checks = append(checks, api.NamedCheck{Name: "data_dir", Checker: api.CheckFunc(func(context.Context) error {
 			return probeDir(cfg.DataDir)
 		})})
-		store, err := journal.OpenEmbedded(filepath.Join(cfg.DataDir, "journal"), logger)
+		es, err := journal.OpenEmbedded(filepath.Join(cfg.DataDir, "journal"), logger)
 		if err != nil {
 			return err
 		}
 		closers = append(closers, func() {
-			if err := store.Close(); err != nil {
+			if err := es.Close(); err != nil {
 				logger.Warn("closing the journal", "err", err)
 			}
 		})
+		store = es
 		checks = append(checks, journalCheck(store))
 	}
 	if cfg.NATS.IsEmbedded() {
@@ -85,10 +89,11 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		}
 		closers = append(closers, cass.Close)
 		checks = append(checks, api.NamedCheck{Name: "cassandra", Checker: cass})
-		store, err := journal.OpenCassandraStore(startCtx, cass, cfg.Cassandra, logger)
+		cs, err := journal.OpenCassandraStore(startCtx, cass, cfg.Cassandra, logger)
 		if err != nil {
 			return startFailed("journal", err)
 		}
+		store = cs
 		checks = append(checks, journalCheck(store))
 
 		zk, err := locks.DialZooKeeper(startCtx, cfg.ZooKeeper, logger)
@@ -97,11 +102,61 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		}
 		closers = append(closers, zk.Close)
 		checks = append(checks, api.NamedCheck{Name: "zookeeper", Checker: zk})
+		lockSvc, err := locks.NewZooKeeperService(startCtx, zk, locks.ZooKeeperServiceConfig{Logger: logger})
+		if err != nil {
+			return startFailed("locks", err)
+		}
+		closers = append(closers, func() { _ = lockSvc.Close() })
+		elector = lockSvc
 	}
+
+	// Background components run until shutdown; their closer (run before the clients they use
+	// are closed) stops them and waits.
+	bgCtx, stopBG := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	closers = append(closers, func() { stopBG(); bg.Wait() })
+	spawn := func(name string, fn func(context.Context) error) {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			if err := fn(bgCtx); err != nil {
+				logger.Error(name+" stopped", "err", err)
+			}
+		}()
+	}
+	relay, err := feeds.NewRelay(cfg.NATS, nc, store, cfg.Site, logger, reg)
+	if err != nil {
+		return err
+	}
+	spawn("feeds relay", relay.Run)
+
+	captureMetrics, err := binlog.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	clock := journal.NewClock(time.Now, 0)
+	instance := fmt.Sprintf("%s-%d", cfg.Site, os.Getpid())
 	for _, src := range cfg.Sources {
 		checks = append(checks, api.NamedCheck{Name: "source:" + src.Name, Checker: api.CheckFunc(func(ctx context.Context) error {
 			return binlog.Ping(ctx, src)
 		})})
+		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: relay.Notify, Metrics: captureMetrics}, store, clock, logger)
+		if err := relay.Own(capture.Stream()); err != nil {
+			return err
+		}
+		if elector != nil {
+			spawn("capture "+src.Name, func(ctx context.Context) error { return capture.RunElected(ctx, elector, instance) })
+			continue
+		}
+		// Embedded mode: this process owns the data directory, so the next epoch is one above
+		// the stream's.
+		spawn("capture "+src.Name, func(ctx context.Context) error {
+			h, err := store.Head(ctx, capture.Stream())
+			if err != nil {
+				return err
+			}
+			return capture.Supervise(ctx, h.Epoch+1)
+		})
 	}
 
 	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build})
