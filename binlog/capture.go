@@ -95,7 +95,9 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 			position, err = currentPosition(conn, src.Flavor)
 		}
 		if err == nil {
-			err = w.mark(ctx, "start", position)
+			if err = w.mark(ctx, "start", position); err == nil {
+				err = w.flush(ctx)
+			}
 		}
 	}
 	conn.Close()
@@ -130,12 +132,15 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 		return fmt.Errorf("source %s: start at %s: %w", src.Name, position, err)
 	}
 	for {
-		ev, err := streamer.GetEvent(ctx)
+		ev, err := w.nextEvent(ctx, streamer)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("source %s: reading the binlog: %w", src.Name, err)
+		}
+		if ev == nil {
+			continue // the group was appended
 		}
 		if err := w.event(ctx, ev); err != nil {
 			if ctx.Err() != nil {
@@ -144,6 +149,24 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 			return err
 		}
 	}
+}
+
+// nextEvent returns the next binlog event. With committed entries queued, it waits only briefly: when
+// the binlog is idle, or the group has waited groupDelay, it appends the group and returns nil.
+func (w *txWriter) nextEvent(ctx context.Context, st *replication.BinlogStreamer) (*replication.BinlogEvent, error) {
+	if len(w.pending) == 0 {
+		return st.GetEvent(ctx)
+	}
+	if time.Since(w.pendingSince) >= groupDelay {
+		return nil, w.flush(ctx)
+	}
+	short, cancel := context.WithTimeout(ctx, time.Millisecond)
+	defer cancel()
+	ev, err := st.GetEvent(short)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return nil, w.flush(ctx) // idle: do not keep the group waiting
+	}
+	return ev, err
 }
 
 // Supervise runs Run again after transient errors, with exponential backoff (at most a minute
@@ -188,13 +211,15 @@ type txWriter struct {
 	skipTx string
 	skip   uint32
 
-	file       string // current binlog file
-	tables     map[uint64]*tableSchema
-	gtid       string // current transaction's GTID ("" outside one)
-	index      uint32 // entries of the current transaction so far
-	buf        []journal.Entry
-	lastWrite  time.Time
-	commitTime uint32 // source commit time (binlog event header, seconds) of the last transaction read
+	file         string // current binlog file
+	tables       map[uint64]*tableSchema
+	gtid         string // current transaction's GTID ("" outside one)
+	index        uint32 // entries of the current transaction so far
+	buf          []journal.Entry
+	pending      []journal.Entry // committed entries waiting for the next append (queue)
+	pendingSince time.Time
+	lastWrite    time.Time
+	commitTime   uint32 // source commit time (binlog event header, seconds) of the last transaction read
 }
 
 // resume finds where to restart from the stream's tail: the position recorded on the last
@@ -237,8 +262,36 @@ func (w *txWriter) entry(ctx context.Context, seq uint64) (journal.Entry, error)
 func (w *txWriter) mark(ctx context.Context, why, position string) error {
 	e := journal.Entry{Op: journal.OpMark, Statement: why, Tx: journal.Tx{ID: w.gtid, Count: 1, Last: true}}
 	e.Source.GTID, e.Source.File, e.Source.Position = w.gtid, w.file, position
-	return w.append(ctx, []journal.Entry{e})
+	return w.queue(ctx, []journal.Entry{e})
 }
+
+// queue adds entries to the group of the next append. Several small transactions share one
+// append (one journal batch: all or none), which amortizes the store's sync or lightweight
+// transaction; the group is appended once it holds ChunkEntries entries, when the binlog is
+// momentarily idle, or after groupDelay (see Run), so memory stays bounded.
+func (w *txWriter) queue(ctx context.Context, es []journal.Entry) error {
+	if len(w.pending) == 0 {
+		w.pendingSince = time.Now()
+	}
+	w.pending = append(w.pending, es...)
+	if len(w.pending) >= w.c.cfg.ChunkEntries {
+		return w.flush(ctx)
+	}
+	return nil
+}
+
+// flush appends the queued group.
+func (w *txWriter) flush(ctx context.Context) error {
+	if len(w.pending) == 0 {
+		return nil
+	}
+	err := w.append(ctx, w.pending)
+	w.pending = w.pending[:0]
+	return err
+}
+
+// groupDelay bounds how long a committed transaction waits for others to share its append.
+const groupDelay = 10 * time.Millisecond
 
 // event handles one binlog event.
 func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error {
@@ -334,7 +387,7 @@ func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journa
 	w.buf = append(w.buf, e)
 	if len(w.buf) > w.c.cfg.ChunkEntries {
 		n := w.c.cfg.ChunkEntries
-		if err := w.append(ctx, w.buf[:n]); err != nil {
+		if err := w.queue(ctx, w.buf[:n]); err != nil {
 			return err
 		}
 		w.buf = append(w.buf[:0], w.buf[n:]...)
@@ -363,7 +416,7 @@ func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset 
 			w.buf[i].Tx.Count = w.index // the whole transaction was held: its size is known
 		}
 	}
-	return w.append(ctx, w.buf)
+	return w.queue(ctx, w.buf)
 }
 
 var (
