@@ -1037,11 +1037,14 @@ func (s *zkService) release1(ctx context.Context, ref Ref) error {
 	err = s.remove(ctx, r.parent, ref.ID, q.typ, markReleased, -1, known)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r.releasing = false
-	switch {
-	case err == nil:
+	if err == nil {
+		// r.releasing stays set: the watch on r's node may report its deletion after this
+		// returns, and that deletion is this release, not a loss.
 		s.forgetLocked(r)
 		return nil
+	}
+	r.releasing = false
+	switch {
 	case errors.Is(err, ErrNotHeld):
 		if r.grant != nil {
 			s.loseLocked(r)
