@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -130,13 +131,19 @@ func repoRoot(t testing.TB) string {
 	}
 }
 
-// freePort asks the kernel for a free port on 127.0.0.1.
+// freePort returns a port that is free on 127.0.0.1, chosen below the kernel's ephemeral range
+// (32768 and up here): a port the kernel hands out for ":0" can be taken by any outgoing connection
+// between this check and the server's start, which made private servers fail to bind now and then.
 func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := strconv.Itoa(20000 + rand.IntN(12000))
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
+		if err != nil {
+			continue // taken
+		}
+		_ = ln.Close()
+		return port
 	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
+	t.Fatal("testenv: no free port found in 20000-31999")
+	return ""
 }
