@@ -16,6 +16,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/policies"
 )
 
 // CaptureConfig configures the capture of one source.
@@ -108,16 +109,26 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 
 	host, portStr, _ := net.SplitHostPort(src.Addr)
 	port, _ := strconv.Atoi(portStr)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g := &gate{ctx: runCtx, events: make(chan gated, 256)} // bounds memory held ahead of the journal
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: src.ServerID, Flavor: src.Flavor, Host: host, Port: uint16(port), User: src.User, Password: src.Password,
 		UseDecimal: true, TimestampStringLocation: time.UTC,
 		// go-mysql would retry forever; our caller retries with backoff instead.
 		MaxReconnectAttempts: 1, DisableRetrySync: true,
 		HeartbeatPeriod: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		EventCacheCount: 256, // bounds memory held ahead of the journal
-		Logger:          c.logger.With("component", "go-mysql"),
+		// A semi-synchronous replica when the source has sync tables: go-mysql acknowledges a
+		// transaction after the gate returns from its commit event, which for a transaction
+		// touching a sync table is after its journal batch is durable.
+		SemiSyncEnabled:         src.Tables.HasMode(policies.ModeSync),
+		SynchronousEventHandler: g,
+		Logger:                  c.logger.With("component", "go-mysql"),
 	})
-	defer syncer.Close()
+	defer func() {
+		cancel() // releases go-mysql's goroutine if it waits in the gate
+		syncer.Close()
+	}()
 	var gset mysql.GTIDSet
 	if src.Flavor == mysql.MariaDBFlavor {
 		gset, err = mysql.ParseMariadbGTIDSet(position)
@@ -131,18 +142,28 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 	if err != nil {
 		return fmt.Errorf("source %s: start at %s: %w", src.Name, position, err)
 	}
+	// With a synchronous handler the streamer only reports the syncer's errors.
+	syncErr := make(chan error, 1)
+	go func() { // ends when runCtx ends or the syncer fails
+		_, err := streamer.GetEvent(runCtx)
+		syncErr <- err
+	}()
 	for {
-		ev, err := w.nextEvent(ctx, streamer)
+		ev, err := w.nextEvent(runCtx, g, syncErr)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("source %s: reading the binlog: %w", src.Name, err)
 		}
-		if ev == nil {
+		if ev.ev == nil {
 			continue // the group was appended
 		}
-		if err := w.event(ctx, ev); err != nil {
+		err = w.event(runCtx, ev.ev)
+		if ev.ack != nil {
+			ev.ack <- err // lets go-mysql acknowledge the transaction (semi-sync)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -151,22 +172,65 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 	}
 }
 
-// nextEvent returns the next binlog event. With committed entries queued, it waits only briefly: when
-// the binlog is idle, or the group has waited groupDelay, it appends the group and returns nil.
-func (w *txWriter) nextEvent(ctx context.Context, st *replication.BinlogStreamer) (*replication.BinlogEvent, error) {
-	if len(w.pending) == 0 {
-		return st.GetEvent(ctx)
+// gate hands events from go-mysql's reading goroutine to the capture loop. It returns from a
+// commit event (XID or QUERY) only once the loop has handled it: go-mysql sends the semi-sync
+// acknowledgement of a transaction after that.
+type gate struct {
+	ctx    context.Context
+	events chan gated
+}
+
+type gated struct {
+	ev  *replication.BinlogEvent
+	ack chan error // commit events: the loop's result
+}
+
+// HandleEvent implements replication.EventHandler.
+func (g *gate) HandleEvent(e *replication.BinlogEvent) error {
+	var ack chan error
+	switch e.Event.(type) {
+	case *replication.XIDEvent, *replication.QueryEvent:
+		ack = make(chan error, 1)
 	}
-	if time.Since(w.pendingSince) >= groupDelay {
-		return nil, w.flush(ctx)
+	select {
+	case g.events <- gated{ev: e, ack: ack}:
+	case <-g.ctx.Done():
+		return g.ctx.Err()
 	}
-	short, cancel := context.WithTimeout(ctx, time.Millisecond)
-	defer cancel()
-	ev, err := st.GetEvent(short)
-	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		return nil, w.flush(ctx) // idle: do not keep the group waiting
+	if ack == nil {
+		return nil
 	}
-	return ev, err
+	select {
+	case err := <-ack:
+		return err
+	case <-g.ctx.Done():
+		return g.ctx.Err()
+	}
+}
+
+// nextEvent returns the next binlog event. With committed entries queued, it waits only briefly:
+// when the binlog is idle, or the group has waited groupDelay, it appends the group and returns a
+// zero gated.
+func (w *txWriter) nextEvent(ctx context.Context, g *gate, syncErr <-chan error) (gated, error) {
+	var idle <-chan time.Time
+	if len(w.pending) > 0 {
+		if time.Since(w.pendingSince) >= groupDelay {
+			return gated{}, w.flush(ctx)
+		}
+		t := time.NewTimer(time.Millisecond)
+		defer t.Stop()
+		idle = t.C
+	}
+	select {
+	case ev := <-g.events:
+		return ev, nil
+	case <-idle:
+		return gated{}, w.flush(ctx) // idle: do not keep the group waiting
+	case err := <-syncErr:
+		return gated{}, err
+	case <-ctx.Done():
+		return gated{}, ctx.Err()
+	}
 }
 
 // Supervise runs Run again after transient errors, with exponential backoff (at most a minute
@@ -216,6 +280,7 @@ type txWriter struct {
 	gtid         string // current transaction's GTID ("" outside one)
 	index        uint32 // entries of the current transaction so far
 	buf          []journal.Entry
+	txSync       bool            // the current transaction touches a sync table
 	pending      []journal.Entry // committed entries waiting for the next append (queue)
 	pendingSince time.Time
 	lastWrite    time.Time
@@ -314,6 +379,7 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrNotCapturable, err)
 		}
+		s.sync = w.c.cfg.Source.Tables.ModeOf(s.database, s.table) == policies.ModeSync
 		w.tables[e.TableID] = s
 	case *replication.RowsEvent:
 		return w.rows(ctx, ev.Header, e)
@@ -326,7 +392,7 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 }
 
 func (w *txWriter) begin(gtid string) {
-	w.gtid, w.index, w.buf = gtid, 0, w.buf[:0]
+	w.gtid, w.index, w.buf, w.txSync = gtid, 0, w.buf[:0], false
 }
 
 // skipReplicationFlag marks events written by a session with skip_replication=1 (MariaDB's
@@ -340,6 +406,7 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 	if !ok || h.Flags&skipReplicationFlag != 0 {
 		return nil // not a captured table, or written by an applier
 	}
+	w.txSync = w.txSync || s.sync
 	var op journal.Op
 	step := 1
 	switch h.EventType {
@@ -416,7 +483,13 @@ func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset 
 			w.buf[i].Tx.Count = w.index // the whole transaction was held: its size is known
 		}
 	}
-	return w.queue(ctx, w.buf)
+	if err := w.queue(ctx, w.buf); err != nil {
+		return err
+	}
+	if w.txSync {
+		return w.flush(ctx) // durable before the source is acknowledged (semi-sync)
+	}
+	return nil
 }
 
 var (

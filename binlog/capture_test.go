@@ -340,17 +340,17 @@ func checkTransactions(t *testing.T, got []journal.Entry, txs, n int) {
 
 func TestSettingsProblems(t *testing.T) {
 	good := map[string]string{"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL", "server_id": "1"}
-	if p := settingsProblems(good, "mariadb", 99); len(p) != 0 {
+	if p := settingsProblems(good, "mariadb", 99, false); len(p) != 0 {
 		t.Fatalf("good settings: %v", p)
 	}
 	bad := map[string]string{"log_bin": "OFF", "binlog_format": "MIXED", "binlog_row_image": "MINIMAL", "server_id": "99"}
-	p := strings.Join(settingsProblems(bad, "mariadb", 99), "; ")
-	for _, want := range []string{"set log_bin=ON", "set binlog_format=ROW", "set binlog_row_image=FULL", "binlog_row_metadata is not supported", "server_id is 99"} {
+	p := strings.Join(settingsProblems(bad, "mariadb", 99, true), "; ")
+	for _, want := range []string{"set log_bin=ON", "set binlog_format=ROW", "set binlog_row_image=FULL", "binlog_row_metadata is not supported", "server_id is 99", "rpl_semi_sync_master_enabled is not supported"} {
 		if !strings.Contains(p, want) {
 			t.Errorf("problems %q lack %q", p, want)
 		}
 	}
-	if p := settingsProblems(good, "mysql", 99); len(p) != 2 {
+	if p := settingsProblems(good, "mysql", 99, false); len(p) != 2 {
 		t.Errorf("mysql without gtid_mode: %v", p)
 	}
 }

@@ -7,11 +7,13 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/musicd/musicd/policies"
 )
 
 // settingsProblems lists what must change on a server before musicd can capture from it, given
 // its variables (lower-case names, as SHOW VARIABLES prints them). It is pure, for tests.
-func settingsProblems(vars map[string]string, flavor string, replicaID uint32) []string {
+func settingsProblems(vars map[string]string, flavor string, replicaID uint32, semiSync bool) []string {
 	var out []string
 	want := func(name, value, why string) {
 		if got, ok := vars[name]; !ok {
@@ -28,6 +30,9 @@ func settingsProblems(vars map[string]string, flavor string, replicaID uint32) [
 		want("gtid_mode", "ON", "capture positions are GTIDs")
 		want("enforce_gtid_consistency", "ON", "GTIDs for every transaction")
 	}
+	if semiSync {
+		want("rpl_semi_sync_master_enabled", "ON", "sync tables are acknowledged to the source only once journaled")
+	}
 	if id, ok := vars["server_id"]; ok && id == fmt.Sprint(replicaID) {
 		out = append(out, fmt.Sprintf("server_id is %s, the same as musicd's replica id for this source: change sources[].server_id", id))
 	}
@@ -39,7 +44,7 @@ func settingsProblems(vars map[string]string, flavor string, replicaID uint32) [
 
 // checkServer reads the server's settings and returns an error naming everything to change.
 func checkServer(ctx context.Context, conn *client.Conn, src SourceConfig) error {
-	names := []string{"log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id"}
+	names := []string{"log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id", "rpl_semi_sync_master_enabled"}
 	if src.Flavor == mysql.MySQLFlavor {
 		names = append(names, "gtid_mode", "enforce_gtid_consistency")
 	}
@@ -57,7 +62,7 @@ func checkServer(ctx context.Context, conn *client.Conn, src SourceConfig) error
 		value, _ := r.GetString(i, 1)
 		vars[strings.ToLower(name)] = value
 	}
-	if problems := settingsProblems(vars, src.Flavor, src.ServerID); len(problems) > 0 {
+	if problems := settingsProblems(vars, src.Flavor, src.ServerID, src.Tables.HasMode(policies.ModeSync)); len(problems) > 0 {
 		return fmt.Errorf("source %s (%s) cannot be captured: %s", src.Name, src.Addr, strings.Join(problems, "; "))
 	}
 	return nil

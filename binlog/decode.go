@@ -26,6 +26,7 @@ type tableSchema struct {
 	enums, sets     map[int][]string
 	pk              []int
 	version         uint64 // a hash of the above: changes when the table's shape changes
+	sync            bool   // the table's policy mode is sync
 }
 
 // newTableSchema reads a TABLE_MAP event. It fails if the event lacks column names (the server

@@ -67,3 +67,13 @@ func (t Tables) ModeOf(database, table string) Mode {
 
 // Selected reports whether database.table is captured (its mode is not off).
 func (t Tables) Selected(database, table string) bool { return t.ModeOf(database, table) != ModeOff }
+
+// HasMode reports whether some rule gives mode m.
+func (t Tables) HasMode(m Mode) bool {
+	for _, r := range t {
+		if r.Mode == m {
+			return true
+		}
+	}
+	return false
+}
