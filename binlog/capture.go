@@ -111,7 +111,8 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 	port, _ := strconv.Atoi(portStr)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	g := &gate{ctx: runCtx, events: make(chan gated, 256)} // bounds memory held ahead of the journal
+	semiSync := src.Tables.HasMode(policies.ModeSync)
+	g := &gate{ctx: runCtx, events: make(chan gated, 256), waitCommits: semiSync} // bounds memory held ahead of the journal
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: src.ServerID, Flavor: src.Flavor, Host: host, Port: uint16(port), User: src.User, Password: src.Password,
 		UseDecimal: true, TimestampStringLocation: time.UTC,
@@ -121,7 +122,7 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 		// A semi-synchronous replica when the source has sync tables: go-mysql acknowledges a
 		// transaction after the gate returns from its commit event, which for a transaction
 		// touching a sync table is after its journal batch is durable.
-		SemiSyncEnabled:         src.Tables.HasMode(policies.ModeSync),
+		SemiSyncEnabled:         semiSync,
 		SynchronousEventHandler: g,
 		Logger:                  c.logger.With("component", "go-mysql"),
 	})
@@ -176,8 +177,9 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) error {
 // commit event (XID or QUERY) only once the loop has handled it: go-mysql sends the semi-sync
 // acknowledgement of a transaction after that.
 type gate struct {
-	ctx    context.Context
-	events chan gated
+	ctx         context.Context
+	events      chan gated
+	waitCommits bool // semi-sync: hold go-mysql at each commit until the loop has handled it
 }
 
 type gated struct {
@@ -190,7 +192,9 @@ func (g *gate) HandleEvent(e *replication.BinlogEvent) error {
 	var ack chan error
 	switch e.Event.(type) {
 	case *replication.XIDEvent, *replication.QueryEvent:
-		ack = make(chan error, 1)
+		if g.waitCommits {
+			ack = make(chan error, 1)
+		}
 	}
 	select {
 	case g.events <- gated{ev: e, ack: ack}:
