@@ -71,7 +71,12 @@ func (c *Capture) Stream() string { return "binlog/" + c.cfg.Site + "/" + c.cfg.
 // (journal.ErrFenced). Run resumes after the last transaction in the journal: no transaction is
 // lost, none journaled twice. Errors other than ErrNotCapturable and journal.ErrFenced are
 // transient: the caller runs Run again after a pause (see Supervise).
-func (c *Capture) Run(ctx context.Context, epoch uint64) error {
+func (c *Capture) Run(ctx context.Context, epoch uint64) (err error) {
+	defer func() {
+		if ctx.Err() != nil {
+			err = nil // stopped: whatever failed, failed because of it
+		}
+	}()
 	src := c.cfg.Source
 	conn, err := Connect(ctx, src)
 	if err != nil {
