@@ -112,12 +112,16 @@ dev_parse_services() {
 dev_pidfile() { DEV_PIDFILE=$MUSIC_DEV_RUN_DIR/$1.pid; }
 dev_logfile() { DEV_LOG=$MUSIC_DEV_LOG_DIR/$1.log; }
 
-# dev_pid_running PID: the process exists and is not a zombie.
+# dev_pid_running PID: the process exists and is not a zombie. A process whose main thread has
+# exited shows as a zombie while its other threads (a JVM's many) are still exiting and holding its
+# sockets: it counts as running until only the main thread is left.
 dev_pid_running() {
-  local stat
+  local stat tasks
   [[ -r /proc/$1/stat ]] && read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
   stat=${stat##*) } # fields after "(comm)"; the first one is the state
-  [[ ${stat%% *} != Z ]]
+  [[ ${stat%% *} != Z ]] && return 0
+  tasks=(/proc/"$1"/task/*)
+  ((${#tasks[@]} > 1))
 }
 
 # dev_pid_is_ours SERVICE PID: PID is running and its command line names this service's run directory

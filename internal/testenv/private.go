@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Private is a server of the test's own, started with deploy/dev's scripts in a directory and on
@@ -43,40 +44,60 @@ func StartPrivate(t testing.TB, service string, extraEnv ...string) *Private {
 		install = filepath.Join(shared, "install")
 	}
 	p := &Private{Service: service, dir: dir}
-	p.env = append(os.Environ(), "MUSIC_DEV_DIR="+dir, "MUSIC_DEV_INSTALL_DIR="+install)
-	var port string
-	switch service {
-	case "cassandra":
-		port = freePort(t)
-		p.env = append(p.env, "MUSIC_DEV_CASSANDRA_PORT="+port, "MUSIC_DEV_CASSANDRA_STORAGE_PORT="+freePort(t),
-			"MUSIC_DEV_CASSANDRA_SSL_STORAGE_PORT="+freePort(t))
-	case "zookeeper":
-		port = freePort(t)
-		p.env = append(p.env, "MUSIC_DEV_ZK_PORT="+port)
-	case "nats":
-		port = freePort(t)
-		p.env = append(p.env, "MUSIC_DEV_NATS_PORT="+port, "MUSIC_DEV_NATS_MONITOR_PORT="+freePort(t))
-	case "mariadb-a":
-		port = freePort(t)
-		p.env = append(p.env, "MUSIC_DEV_MARIADB_A_PORT="+port)
-	default:
-		t.Fatalf("StartPrivate: unknown service %q", service)
-	}
-	p.env = append(p.env, extraEnv...)
-	p.Addr = net.JoinHostPort("127.0.0.1", port)
 	t.Cleanup(func() {
 		p.script(t, "down.sh")
 		_ = os.RemoveAll(dir)
 	})
-	p.Start(t)
-	return p
+	// A port found free can be taken before the server binds it (other tests start servers
+	// too); up.sh then refuses it, and the server is started again on other ports.
+	for attempt := 1; ; attempt++ {
+		p.env = append(os.Environ(), "MUSIC_DEV_DIR="+dir, "MUSIC_DEV_INSTALL_DIR="+install)
+		var port string
+		switch service {
+		case "cassandra":
+			port = freePort(t)
+			p.env = append(p.env, "MUSIC_DEV_CASSANDRA_PORT="+port, "MUSIC_DEV_CASSANDRA_STORAGE_PORT="+freePort(t),
+				"MUSIC_DEV_CASSANDRA_SSL_STORAGE_PORT="+freePort(t))
+		case "zookeeper":
+			port = freePort(t)
+			p.env = append(p.env, "MUSIC_DEV_ZK_PORT="+port)
+		case "nats":
+			port = freePort(t)
+			p.env = append(p.env, "MUSIC_DEV_NATS_PORT="+port, "MUSIC_DEV_NATS_MONITOR_PORT="+freePort(t))
+		case "mariadb-a":
+			port = freePort(t)
+			p.env = append(p.env, "MUSIC_DEV_MARIADB_A_PORT="+port)
+		default:
+			t.Fatalf("StartPrivate: unknown service %q", service)
+		}
+		p.env = append(p.env, extraEnv...)
+		p.Addr = net.JoinHostPort("127.0.0.1", port)
+		out, err := p.script(t, "up.sh")
+		if err == nil {
+			return p
+		}
+		if attempt < 5 && strings.Contains(out, "already in use") {
+			continue
+		}
+		t.Fatalf("starting private %s: %v\n%s", p.Service, err, out)
+	}
 }
 
 // Start starts the server again (after Stop or Kill9), keeping its data, and waits until ready.
+// Right after a kill, the old process's ports may still answer for a moment (up.sh then refuses
+// to start): Start retries until they are released, for at most 30 s.
 func (p *Private) Start(t testing.TB) {
 	t.Helper()
-	if out, err := p.script(t, "up.sh"); err != nil {
-		t.Fatalf("starting private %s: %v\n%s", p.Service, err, out)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := p.script(t, "up.sh")
+		if err == nil {
+			return
+		}
+		if !strings.Contains(out, "already in use") || time.Now().After(deadline) {
+			t.Fatalf("starting private %s: %v\n%s", p.Service, err, out)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the condition "ports released", bounded above
 	}
 }
 
@@ -102,8 +123,17 @@ func (p *Private) Kill9(t testing.TB) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill -9 %d: %v", pid, err)
 	}
-	// down.sh reaps the pidfile and waits until the process is gone.
+	// down.sh reaps the pidfile and waits until the process is gone; a killed JVM's threads may
+	// still hold its sockets for a moment after its main thread exits, so wait for the port too.
 	p.Stop(t)
+	WaitFor(t, 30*time.Second, "the killed "+p.Service+" to release "+p.Addr, func() bool {
+		c, err := net.DialTimeout("tcp", p.Addr, time.Second)
+		if err != nil {
+			return true
+		}
+		_ = c.Close()
+		return false
+	})
 }
 
 func (p *Private) script(t testing.TB, name string, args ...string) (string, error) {
