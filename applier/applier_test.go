@@ -1,0 +1,391 @@
+package applier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/musicd/musicd/internal/testenv"
+	"github.com/musicd/musicd/journal"
+)
+
+const typesTable = `(
+	id INT PRIMARY KEY,
+	tiu TINYINT UNSIGNED, bi BIGINT, biu BIGINT UNSIGNED,
+	dec65 DECIMAL(65,30), f FLOAT, d DOUBLE, b64 BIT(64),
+	dt DATE, dtm DATETIME(6), ts TIMESTAMP(6) NULL, tm TIME(3), yr YEAR,
+	vc VARCHAR(100) CHARACTER SET utf8mb4, l1 VARCHAR(20) CHARACTER SET latin1,
+	bin BINARY(4), bl BLOB, en ENUM('red','green','blue'), st SET('a','b','c','d'), js JSON, n INT NULL
+) DEFAULT CHARSET=utf8mb4`
+
+const typesRow = `(1, 255, -9223372036854775808, 18446744073709551615,
+	'-12345678901234567890123456789012345.123456789012345678901234567890', 1.5, -2.2250738585072014e-308,
+	b'1111111111111111111111111111111111111111111111111111111111111111',
+	'2024-02-29', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.123456', '-838:59:59.000', 2155,
+	'ünïcødé ✓ 😀', 'café €', X'00010200', X'deadbeef00', 'green', 'a,c,d', '{"k": [1, 2.5]}', NULL)`
+
+// A change committed at site a appears in site b: the table's DDL, every type exactly, inserts,
+// updates (including one of the primary key) and deletes in multi-row transactions, each source
+// transaction as one target transaction.
+func TestApplyEndToEnd(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	store := openJournal(t)
+	var notify atomic.Pointer[Applier]
+	stream := startCapture(t, a, store, func(s string, seq uint64) {
+		if ap := notify.Load(); ap != nil {
+			ap.Notify(s, seq)
+		}
+	})
+
+	// While the applier is paused inside a transaction, the target shows none of it.
+	paused, resume := make(chan uint64, 1), make(chan struct{})
+	pauseAt := ""
+	app := startApplier(t, testConfig(t, b, stream), store, func(r *running, _ string, seq uint64) {
+		if pauseAt != "" {
+			return
+		}
+		es, _ := store.Read(context.Background(), stream, seq, 1)
+		if len(es) == 1 && es[0].Table == "t" && es[0].Op == journal.OpInsert && es[0].Tx.Index == 1 {
+			pauseAt = es[0].Tx.ID
+			paused <- seq
+			<-resume
+		}
+	})
+
+	notify.Store(app.a)
+
+	a.exec("CREATE TABLE " + db + ".types " + typesTable)
+	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20), n INT)")
+	a.exec("INSERT INTO " + db + ".types VALUES " + typesRow)
+	a.tx("INSERT INTO "+db+".t VALUES (1, 'one', 1)", "INSERT INTO "+db+".t VALUES (2, 'two', 2)", "INSERT INTO "+db+".t VALUES (3, 'three', 3)")
+
+	select {
+	case <-paused:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the applier did not reach the second row of the transaction")
+	}
+	if n := b.count("SELECT COUNT(*) FROM " + db + ".t"); n != 0 {
+		t.Fatalf("target shows %d rows of a transaction still being applied", n)
+	}
+	close(resume)
+
+	a.tx("UPDATE "+db+".t SET v = 'ONE', n = n + 10 WHERE id = 1", "UPDATE "+db+".t SET id = 20 WHERE id = 2", "DELETE FROM "+db+".t WHERE id = 3")
+	a.tx("INSERT INTO "+db+".t VALUES (4, NULL, 4)", "UPDATE "+db+".t SET n = NULL WHERE id = 4")
+	waitJournaled(t, store, stream, "t", 9)
+	app.waitApplied(store, stream)
+
+	for _, q := range []string{
+		"SELECT * FROM " + db + ".t ORDER BY id",
+		"SELECT id, tiu, bi, biu, dec65, f, d, b64 + 0, dt, dtm, ts, tm, yr, vc, l1, HEX(bin), HEX(bl), en, st, js, n FROM " + db + ".types",
+	} {
+		if ga, gb := a.dump(q), b.dump(q); ga != gb {
+			t.Errorf("%s\nsite a:\n%s\nsite b:\n%s", q, ga, gb)
+		}
+	}
+	if got := b.dump("SELECT id, v, n FROM " + db + ".t ORDER BY id"); got != "1|ONE|11\n4|\\N|\\N\n20|two|2\n" {
+		t.Errorf("site b rows:\n%s", got)
+	}
+	h, _ := store.Head(context.Background(), stream)
+	if got := b.dump("SELECT seq FROM " + app.a.cfg.MetaDatabase + ".positions"); got != fmt.Sprintf("%d\n", h.Seq) {
+		t.Errorf("position %q, want %d", got, h.Seq)
+	}
+	// 2 DDL + 4 row transactions.
+	if got := app.metric("music_applier_applied_transactions_total", map[string]string{"source_site": "a"}); got != 4 {
+		t.Errorf("applied transactions metric %v, want 4 (DDL is counted apart)", got)
+	}
+	if got := app.metric("music_applier_lag_entries", map[string]string{"source_site": "a"}); got != 0 {
+		t.Errorf("lag %v entries after catching up", got)
+	}
+	if c := app.conflicts(); len(c) != 0 {
+		t.Errorf("conflicts: %+v", c)
+	}
+}
+
+// Cancelled in the middle of a transaction (its rows half applied in the target), the applier
+// resumes from the position committed with the rows: every transaction has its effect once. A
+// transaction applied twice would show as conflicts (each update's before image would no longer
+// match), a lost one as a wrong total.
+func TestExactlyOnceAcrossCrash(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	a.exec("CREATE TABLE " + db + ".acct (id INT PRIMARY KEY, bal INT NOT NULL)")
+	b.exec("CREATE TABLE " + db + ".acct (id INT PRIMARY KEY, bal INT NOT NULL)")
+	a.exec("INSERT INTO " + db + ".acct VALUES (1, 0), (2, 0), (3, 0)")
+	b.exec("INSERT INTO " + db + ".acct VALUES (1, 0), (2, 0), (3, 0)")
+	store := openJournal(t)
+	stream := startCapture(t, a, store, nil)
+	const txs = 12
+	for i := range txs {
+		a.tx(fmt.Sprintf("UPDATE %s.acct SET bal = bal + %d WHERE id = 1", db, i+1),
+			fmt.Sprintf("UPDATE %s.acct SET bal = bal + %d WHERE id = 2", db, i+1),
+			fmt.Sprintf("UPDATE %s.acct SET bal = bal - %d WHERE id = 3", db, 2*(i+1)))
+	}
+	waitJournaled(t, store, stream, "acct", 3*txs)
+	cfg := testConfig(t, b, stream)
+
+	// Crash at a few points inside transactions: after the first, second or third row.
+	for run, crashAfter := range []int{2, 4, 5, 3, 1, 6} {
+		rows := 0
+		crashed := make(chan struct{})
+		r := startApplier(t, cfg, store, func(r *running, _ string, seq uint64) {
+			if rows++; rows == crashAfter {
+				r.cancel()
+				close(crashed)
+			}
+		})
+		<-crashed
+		r.stop()
+		// The target holds whole transactions only, and the position says which.
+		pos := b.count("SELECT COALESCE(MAX(seq), 0) FROM " + cfg.MetaDatabase + ".positions")
+		es, err := store.Read(context.Background(), stream, 1, journal.MaxReadEntries)
+		if err != nil {
+			t.Fatal(err)
+		}
+		applied := 0
+		for _, e := range es {
+			if e.Seq <= uint64(pos) && e.Table == "acct" && e.Tx.Last {
+				applied++
+			}
+		}
+		sum := applied * (applied + 1) / 2
+		want := fmt.Sprintf("1|%d\n2|%d\n3|%d\n", sum, sum, -2*sum)
+		if got := b.dump("SELECT id, bal FROM " + db + ".acct ORDER BY id"); got != want {
+			t.Fatalf("run %d: after a crash at position %d (%d transactions): rows\n%swant\n%s", run, pos, applied, got, want)
+		}
+		if c := r.conflicts(); len(c) != 0 {
+			t.Fatalf("run %d: conflicts (a transaction applied twice?): %+v", run, c)
+		}
+	}
+	r := startApplier(t, cfg, store, nil)
+	r.waitApplied(store, stream)
+	sum := txs * (txs + 1) / 2
+	if got, want := b.dump("SELECT id, bal FROM "+db+".acct ORDER BY id"), fmt.Sprintf("1|%d\n2|%d\n3|%d\n", sum, sum, -2*sum); got != want {
+		t.Fatalf("rows\n%swant\n%s", got, want)
+	}
+	if c := r.conflicts(); len(c) != 0 {
+		t.Fatalf("conflicts: %+v", c)
+	}
+}
+
+// What the applier writes at site b is not captured by site b's capture (no echo), while a row
+// written natively at b is; the applied events are in b's binary log, flagged
+// skip_replication, so that native replicas of b still receive them.
+func TestNoEcho(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
+	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
+	store := openJournal(t)
+	streamA := startCapture(t, a, store, nil)
+	streamB := startCapture(t, b, store, nil)
+	startPos := strings.TrimSpace(b.dump("SELECT @@gtid_binlog_pos"))
+
+	a.tx("INSERT INTO "+db+".t VALUES (1, 'from a')", "INSERT INTO "+db+".t VALUES (2, 'from a')")
+	a.exec("UPDATE " + db + ".t SET v = 'again' WHERE id = 1")
+	waitJournaled(t, store, streamA, "t", 3)
+	r := startApplier(t, testConfig(t, b, streamA), store, nil)
+	r.waitApplied(store, streamA)
+	if got := b.dump("SELECT id, v FROM " + db + ".t ORDER BY id"); got != "1|again\n2|from a\n" {
+		t.Fatalf("site b rows:\n%s", got)
+	}
+	b.exec("INSERT INTO " + db + ".t VALUES (3, 'native b')")
+	got := waitJournaled(t, store, streamB, "t", 1)
+	if len(got) != 1 || got[0].Op != journal.OpInsert || got[0].After[0].Value.Int != 3 {
+		t.Fatalf("site b's stream holds %+v, want only the native insert of row 3", got)
+	}
+
+	// b's binary log (what a native replica reads) holds the applied rows, flagged.
+	host, port, _ := net.SplitHostPort(b.addr)
+	p, _ := strconv.Atoi(port)
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID: 5000 + rand.Uint32N(1_000_000), Flavor: mysql.MariaDBFlavor, Host: host, Port: uint16(p),
+		User: testenv.MariaDBUser, Password: testenv.MariaDBPassword, MaxReconnectAttempts: 1, DisableRetrySync: true,
+		Logger: discard(),
+	})
+	defer syncer.Close()
+	gset, err := mysql.ParseMariadbGTIDSet(startPos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamer, err := syncer.StartSyncGTID(gset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tables := map[uint64]bool{}
+	flagged, native := 0, 0
+	for native == 0 {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			t.Fatalf("reading b's binlog: %v (flagged rows so far %d)", err, flagged)
+		}
+		switch e := ev.Event.(type) {
+		case *replication.TableMapEvent:
+			tables[e.TableID] = string(e.Schema) == db && string(e.Table) == "t"
+		case *replication.RowsEvent:
+			if !tables[e.TableID] {
+				continue
+			}
+			if ev.Header.Flags&0x8000 != 0 {
+				flagged += len(e.Rows)
+			} else {
+				native += len(e.Rows)
+			}
+		}
+	}
+	if flagged != 4 { // two inserts, one update (before and after)
+		t.Errorf("b's binlog holds %d flagged row images of the applied changes, want 4", flagged)
+	}
+}
+
+// A row the target refuses stops its stream with an error naming stream, seq and GTID, and
+// nothing after it is applied; with on_error: dead_letter, the entry goes to the dead-letter table
+// and the stream goes on. A DDL entry under ddl: stop stops the stream.
+func TestRowErrorStopsOrDeadLetters(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20), extra INT)")
+	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(5), extra INT)") // v shorter
+	store := openJournal(t)
+	stream := startCapture(t, a, store, nil)
+	a.exec("INSERT INTO " + db + ".t (id, v) VALUES (1, 'ok')")
+	a.exec("INSERT INTO " + db + ".t (id, v, extra) VALUES (2, 'much too long', 7)")
+	a.exec("INSERT INTO " + db + ".t (id, v) VALUES (3, 'ok')")
+	es := waitJournaled(t, store, stream, "t", 3)
+	bad := es[1]
+
+	// Stop (the default).
+	r := startApplier(t, testConfig(t, b, stream), store, nil)
+	var st StreamStatus
+	testenv.WaitFor(t, 30*time.Second, "the stream to stop", func() bool {
+		st = r.status(stream)
+		return st.Stopped
+	})
+	want := fmt.Sprintf("stream %s seq %d gtid %s (insert %s.t)", stream, bad.Seq, bad.Source.GTID, db)
+	if !errors.Is(st.Err, ErrStopped) || !strings.Contains(st.Err.Error(), want) || !strings.Contains(st.Err.Error(), "Data too long for column 'v'") {
+		t.Fatalf("stream error %v, want ErrStopped naming %q and the column", st.Err, want)
+	}
+	if st.Applied != bad.Seq-1 {
+		t.Errorf("applied up to %d, want %d (just before the bad row)", st.Applied, bad.Seq-1)
+	}
+	if got := b.dump("SELECT id FROM " + db + ".t ORDER BY id"); got != "1\n" {
+		t.Errorf("site b rows after the stop:\n%s", got)
+	}
+	if got := r.metric("music_applier_errors_total", map[string]string{"source_site": "a"}); got < 1 {
+		t.Errorf("errors metric %v", got)
+	}
+	r.stop()
+
+	// Dead letter.
+	cfg := testConfig(t, b, stream)
+	cfg.OnError = OnErrorDeadLtr
+	b.exec("DELETE FROM " + db + ".t")
+	r = startApplier(t, cfg, store, nil)
+	r.waitApplied(store, stream)
+	if got := b.dump("SELECT id FROM " + db + ".t ORDER BY id"); got != "1\n3\n" {
+		t.Errorf("site b rows with dead letters:\n%s", got)
+	}
+	got := b.dump("SELECT stream, seq, gtid, tbl, op, reason, error LIKE '%Data too long%', JSON_VALUE(entry, '$.after.extra') FROM " + cfg.MetaDatabase + ".dead_letters")
+	if wantDL := fmt.Sprintf("%s|%d|%s|t|insert|error|1|7\n", stream, bad.Seq, bad.Source.GTID); got != wantDL {
+		t.Errorf("dead letters:\n%swant\n%s", got, wantDL)
+	}
+	r.stop()
+
+	// DDL under ddl: stop.
+	cfg = testConfig(t, b, stream)
+	cfg.DDL, cfg.OnError = DDLStop, OnErrorDeadLtr
+	a.exec("ALTER TABLE " + db + ".t ADD COLUMN more INT")
+	ddl := waitJournaled(t, store, stream, "t", 4)[3]
+	r = startApplier(t, cfg, store, nil)
+	testenv.WaitFor(t, 30*time.Second, "the stream to stop at the DDL", func() bool {
+		st = r.status(stream)
+		return st.Stopped
+	})
+	if !strings.Contains(st.Err.Error(), fmt.Sprintf("seq %d", ddl.Seq)) || !strings.Contains(st.Err.Error(), "ddl: stop") {
+		t.Fatalf("stream error %v, want the DDL entry and the policy named", st.Err)
+	}
+}
+
+// Both sites change the same row before either sees the other's change; each applier applies the
+// other's change. Last writer by HLC wins at both sites; each side counts and reports the
+// conflict with both versions; deletes take part the same way.
+func TestConflictLastWriterWinsAtBothSites(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	for _, s := range []*siteDB{a, b} {
+		s.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
+		s.exec("INSERT INTO " + db + ".t VALUES (1, 'v0'), (2, 'v0')")
+	}
+	store := openJournal(t) // stands for the journal shared by the sites
+	streamA := startCapture(t, a, store, nil)
+	streamB := startCapture(t, b, store, nil)
+
+	// Row 1: a updates, then b updates (b is the last writer). Row 2: b updates, then a deletes.
+	a.exec("UPDATE " + db + ".t SET v = 'a' WHERE id = 1")
+	waitJournaled(t, store, streamA, "t", 1)
+	b.exec("UPDATE " + db + ".t SET v = 'b' WHERE id = 1")
+	b.exec("UPDATE " + db + ".t SET v = 'b' WHERE id = 2")
+	waitJournaled(t, store, streamB, "t", 2)
+	a.exec("DELETE FROM " + db + ".t WHERE id = 2")
+	ea := waitJournaled(t, store, streamA, "t", 2)
+	eb := waitJournaled(t, store, streamB, "t", 2)
+	if !ea[0].HLC.Less(eb[0].HLC) || !eb[1].HLC.Less(ea[1].HLC) {
+		t.Fatalf("the writes were not stamped in the order made: %v %v %v %v", ea[0].HLC, eb[0].HLC, eb[1].HLC, ea[1].HLC)
+	}
+
+	cfgA := testConfig(t, a, streamB)
+	cfgA.LocalStreams = []string{streamA}
+	cfgB := testConfig(t, b, streamA)
+	cfgB.LocalStreams = []string{streamB}
+	ra := startApplier(t, cfgA, store, nil)
+	rb := startApplier(t, cfgB, store, nil)
+	ra.waitApplied(store, streamB)
+	rb.waitApplied(store, streamA)
+
+	for _, s := range []*siteDB{a, b} {
+		if got := s.dump("SELECT id, v FROM " + db + ".t ORDER BY id"); got != "1|b\n" {
+			t.Errorf("site %s rows:\n%swant row 1 = b (last writer) and row 2 deleted (last writer)", s.site, got)
+		}
+	}
+	// At a: b's update of row 1 wins over a's; b's update of row 2 loses to a's later delete.
+	// At b: a's update of row 1 loses; a's delete of row 2 wins.
+	check := func(r *running, site string, want map[int64]Resolution) {
+		t.Helper()
+		cs := r.conflicts()
+		if len(cs) != len(want) {
+			t.Fatalf("site %s: conflicts %+v, want %d", site, cs, len(want))
+		}
+		for _, c := range cs {
+			id := c.Incoming.Before["id"]
+			if c.Resolution != want[id.(int64)] || c.Target.Clock == nil || c.Target.Clock.Origin != site || c.Target.Exists != (c.Target.Row != nil) {
+				t.Errorf("site %s: conflict %+v (target clock %+v), want resolution %s against the local write", site, c, c.Target.Clock, want[id.(int64)])
+			}
+			if n := r.metric("music_applier_conflicts_total", map[string]string{"table": db + ".t", "resolution": string(c.Resolution)}); n < 1 {
+				t.Errorf("site %s: conflicts metric for %s is %v", site, c.Resolution, n)
+			}
+		}
+	}
+	check(ra, "a", map[int64]Resolution{1: IncomingWins, 2: TargetKept})
+	check(rb, "b", map[int64]Resolution{1: TargetKept, 2: IncomingWins})
+	// No echo: neither applier's writes came back as local changes.
+	if n := len(waitJournaled(t, store, streamA, "t", 2)); n != 2 {
+		t.Errorf("site a's stream has %d entries of t, want its own 2", n)
+	}
+}
