@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/musicd/musicd/api"
+	"github.com/musicd/musicd/applier"
 	"github.com/musicd/musicd/binlog"
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
@@ -37,6 +38,8 @@ type Config struct {
 	ZooKeeper locks.ZooKeeperConfig   `yaml:"zookeeper"`
 	// Sources are the MariaDB/MySQL databases whose binary logs musicd reads (config file only).
 	Sources []binlog.SourceConfig `yaml:"sources"`
+	// Appliers mirror other sites' streams into local databases (config file only).
+	Appliers []applier.Config `yaml:"appliers"`
 }
 
 // LogConfig configures the structured log written to standard error.
@@ -69,6 +72,12 @@ func (c *Config) normalize() {
 	}
 	for i := range c.Sources {
 		c.Sources[i] = c.Sources[i].WithDefaults()
+	}
+	for i := range c.Appliers {
+		if c.Appliers[i].Site == "" {
+			c.Appliers[i].Site = c.Site
+		}
+		c.Appliers[i] = c.Appliers[i].WithDefaults()
 	}
 }
 
@@ -136,6 +145,16 @@ func (c Config) Validate() error {
 			return fmt.Errorf("sources[%d].name: %q is used twice", i, s.Name)
 		}
 		seen[s.Name] = true
+	}
+	targets := map[string]bool{}
+	for i, a := range c.Appliers {
+		if err := a.Validate(); err != nil {
+			return fmt.Errorf("appliers[%d].%w", i, err)
+		}
+		if targets[a.Addr] {
+			return fmt.Errorf("appliers[%d].addr: %q has another applier already (one per target database)", i, a.Addr)
+		}
+		targets[a.Addr] = true
 	}
 	return nil
 }

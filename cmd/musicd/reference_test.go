@@ -64,6 +64,23 @@ reads. Readiness (` + "`/readyz`" + `) logs in to each source.
 | ` + "`timeout`" + ` | duration | ` + "`5s`" + ` | bound on connecting and on each statement |
 | ` + "`tables`" + ` | list of ` + "`{match, mode}`" + ` | none (nothing captured) | which tables are captured and how they replicate: ` + "`match`" + ` is ` + "`database.table`" + ` with ` + "`*`" + `, ` + "`?`" + ` and ` + "`[...]`" + ` patterns, ` + "`mode`" + ` is ` + "`sync`" + `, ` + "`async`" + ` or ` + "`off`" + `; the first matching rule wins |
 | ` + "`start_position`" + ` | GTID position | the server's current position | where a new capture starts (after this GTID set); ignored once the source's journal stream has entries |
+
+## Appliers (file only)
+
+` + "`appliers`" + ` is a list; each item mirrors journal streams of other sites into one local
+MariaDB database (one applier per target; in distributed mode the site's instances elect one).
+See [applier.md](applier.md) for the model and every key; the main ones:
+
+| key | meaning |
+|---|---|
+| ` + "`addr`, `user`, `password`" + ` | the target database server; the account needs write access and SUPER or BINLOG ADMIN (for ` + "`skip_replication`" + `) |
+| ` + "`streams`" + ` | the journal streams to apply, e.g. ` + "`binlog/irvine/orders`" + ` |
+| ` + "`local_streams`" + ` | this site's own capture streams of the target, whose row clocks conflict resolution needs |
+| ` + "`tables`" + ` | which tables are mirrored here (` + "`{match, mode}`" + ` rules as for sources) |
+| ` + "`conflicts`, `site_priority`" + ` | conflict resolution per table: ` + "`lww`" + ` (default), ` + "`priority`" + `, ` + "`dead_letter`" + ` |
+| ` + "`ddl`" + ` | ` + "`apply`" + ` (default) or ` + "`stop`" + ` |
+| ` + "`on_error`" + ` | ` + "`stop`" + ` (default) or ` + "`dead_letter`" + ` |
+| ` + "`meta_database`" + ` | where the applier keeps positions, row clocks and dead letters (default ` + "`musicd_applier`" + `) |
 `)
 	return b.String()
 }

@@ -2,19 +2,23 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/musicd/musicd/api"
+	"github.com/musicd/musicd/applier"
 	"github.com/musicd/musicd/binlog"
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
@@ -47,7 +51,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	var checks []api.NamedCheck
 	var embedded *feeds.EmbeddedServer
 	var store journal.Store
-	var elector binlog.Elector // distributed mode: captures are elected among the site's instances
+	var elector locks.Campaigner // distributed mode: captures are elected among the site's instances
 	if cfg.Mode == modeEmbedded {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return fmt.Errorf("data_dir: %w", err)
@@ -130,17 +134,66 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	}
 	spawn("feeds relay", relay.Run)
 
+	// Appliers: each mirrors other sites' streams into one local database. Woken after local
+	// appends, by the change feed for other sites' streams, and by their own polling.
+	subjects := feeds.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
+	var appliers []*applier.Applier
+	for _, ac := range cfg.Appliers {
+		ac.OnConflict = func(c applier.Conflict) {
+			body, err := json.Marshal(c)
+			if err == nil {
+				err = nc.NC.Publish(subjects.Conflicts(c.Database, c.Table), body)
+			}
+			if err != nil {
+				logger.Warn("publishing a conflict", "err", err)
+			}
+		}
+		a, err := applier.New(ac, store, logger, prometheus.WrapRegistererWith(prometheus.Labels{"target": ac.Addr}, reg), time.Now)
+		if err != nil {
+			return fmt.Errorf("applier %s: %w", ac.Addr, err)
+		}
+		appliers = append(appliers, a)
+		if elector != nil {
+			election := "applier." + cfg.Site + "." + ac.Addr
+			spawn("applier "+ac.Addr, func(ctx context.Context) error {
+				return locks.RunElected(ctx, elector, election, instanceID(cfg.Site), logger, func(ctx context.Context, _ uint64) error {
+					return a.Run(ctx)
+				})
+			})
+		} else {
+			spawn("applier "+ac.Addr, a.Run)
+		}
+	}
+	if len(appliers) > 0 {
+		sub, err := nc.NC.Subscribe(subjects.ChangesAll(), func(m *nats.Msg) {
+			seq, _ := strconv.ParseUint(m.Header.Get("Music-Seq"), 10, 64)
+			for _, a := range appliers {
+				a.Notify(m.Header.Get("Music-Stream"), seq)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("nats: subscribe to the change feed: %w", err)
+		}
+		closers = append(closers, func() { _ = sub.Unsubscribe() })
+	}
+	notify := func(stream string, seq uint64) {
+		relay.Notify(stream, seq)
+		for _, a := range appliers {
+			a.Notify(stream, seq)
+		}
+	}
+
 	captureMetrics, err := binlog.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
 	clock := journal.NewClock(time.Now, 0)
-	instance := fmt.Sprintf("%s-%d", cfg.Site, os.Getpid())
+	instance := instanceID(cfg.Site)
 	for _, src := range cfg.Sources {
 		checks = append(checks, api.NamedCheck{Name: "source:" + src.Name, Checker: api.CheckFunc(func(ctx context.Context) error {
 			return binlog.Ping(ctx, src)
 		})})
-		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: relay.Notify, Metrics: captureMetrics}, store, clock, logger)
+		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: notify, Metrics: captureMetrics}, store, clock, logger)
 		if err := relay.Own(capture.Stream()); err != nil {
 			return err
 		}
@@ -208,3 +261,6 @@ func journalCheck(s journal.Store) api.NamedCheck {
 		return err
 	})}
 }
+
+// instanceID names this musicd in elections.
+func instanceID(site string) string { return fmt.Sprintf("%s-%d", site, os.Getpid()) }
