@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -122,7 +121,7 @@ func BenchmarkBinlog(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			growth = peakHeapGrowth(func() { captureRate(b, src, store, 1_000_000) })
+			growth = testenv.PeakHeapGrowth(func() { captureRate(b, src, store, 1_000_000) })
 			store.Close()
 		}
 		b.ReportMetric(growth/(1<<20), "heap_growth_MB")
@@ -234,32 +233,4 @@ func rawJournalWrites(b *testing.B, c *journal.Cassandra, ks string, store journ
 		}
 	}
 	return float64(n) / time.Since(t0).Seconds()
-}
-
-// peakHeapGrowth runs fn while sampling the heap and returns the peak growth over the heap before.
-func peakHeapGrowth(fn func()) float64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	base, peak := ms.HeapAlloc, ms.HeapAlloc
-	stop, sampled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(sampled)
-		t := time.NewTicker(5 * time.Millisecond)
-		defer t.Stop()
-		var m runtime.MemStats
-		for {
-			runtime.ReadMemStats(&m)
-			peak = max(peak, m.HeapAlloc)
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	fn()
-	close(stop)
-	<-sampled
-	return float64(peak - base)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -213,41 +212,17 @@ func percentile(ds []time.Duration, p int) time.Duration {
 // readMemory reads n entries of stream with a Reader while sampling the heap, and returns the
 // peak heap growth in bytes over the heap before reading, and the read rate.
 func readMemory(b *testing.B, s Store, stream string, n int) (float64, float64) {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	base := ms.HeapAlloc
-	var peak uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		t := time.NewTicker(5 * time.Millisecond)
-		defer t.Stop()
-		var m runtime.MemStats
-		for {
-			runtime.ReadMemStats(&m)
-			peak = max(peak, m.HeapAlloc)
-			select {
-			case <-stop:
-				return
-			case <-t.C:
+	var took time.Duration
+	growth := testenv.PeakHeapGrowth(func() {
+		start := time.Now()
+		r := NewReader(s, stream, 1, 1000)
+		for i := range n {
+			e, ok, err := r.Next(context.Background())
+			if err != nil || !ok || e.Seq != uint64(i+1) {
+				b.Fatalf("entry %d: %v %v", i+1, ok, err)
 			}
 		}
-	}()
-	start := time.Now()
-	r := NewReader(s, stream, 1, 1000)
-	for i := range n {
-		e, ok, err := r.Next(context.Background())
-		if err != nil || !ok || e.Seq != uint64(i+1) {
-			b.Fatalf("entry %d: %v %v", i+1, ok, err)
-		}
-	}
-	rate := float64(n) / time.Since(start).Seconds()
-	close(stop)
-	<-sampled
-	if peak < base {
-		return 0, rate
-	}
-	return float64(peak - base), rate
+		took = time.Since(start)
+	})
+	return growth, float64(n) / took.Seconds()
 }
