@@ -321,13 +321,11 @@ func (s *CassandraStore) Read(ctx context.Context, stream string, from uint64, m
 	if err != nil {
 		return nil, err
 	}
-	if from <= h.Low {
-		return nil, fmt.Errorf("%w: stream %s: seq %d (trimmed below %d)", ErrTrimmed, stream, from, h.Low+1)
+	to, ok, err := readBounds(stream, h, from, max)
+	if !ok {
+		return nil, err
 	}
-	if from > h.Seq {
-		return nil, nil
-	}
-	raw, err := s.readRange(ctx, stream, from, min(h.Seq, from+uint64(max)-1), s.levelsOf(stream).read)
+	raw, err := s.readRange(ctx, stream, from, to, s.levelsOf(stream).read)
 	if err != nil {
 		return nil, err
 	}

@@ -172,13 +172,10 @@ func (s *EmbeddedStore) Read(ctx context.Context, stream string, from uint64, ma
 	if err != nil {
 		return nil, err
 	}
-	if from <= h.Low {
-		return nil, fmt.Errorf("%w: stream %s: seq %d (trimmed below %d)", ErrTrimmed, stream, from, h.Low+1)
+	to, ok, err := readBounds(stream, h, from, max)
+	if !ok {
+		return nil, err
 	}
-	if from > h.Seq {
-		return nil, nil
-	}
-	to := min(h.Seq, from+uint64(max)-1)
 	it, err := s.db.NewIterWithContext(ctx, &pebble.IterOptions{
 		LowerBound: entryKey(stream, from),
 		UpperBound: entryKey(stream, to+1),

@@ -199,6 +199,19 @@ func validateRead(stream string, from uint64, max int) error {
 	return nil
 }
 
+// readBounds decides, for every implementation alike, what a Read from seq from of at most max
+// entries covers given the stream's head: the last seq to read, or ok false when there is nothing
+// (from is past the head), or ErrTrimmed.
+func readBounds(stream string, h Head, from uint64, max int) (to uint64, ok bool, err error) {
+	if from <= h.Low {
+		return 0, false, fmt.Errorf("%w: stream %s: seq %d (trimmed below %d)", ErrTrimmed, stream, from, h.Low+1)
+	}
+	if from > h.Seq {
+		return 0, false, nil
+	}
+	return min(h.Seq, from+uint64(max)-1), true, nil
+}
+
 func validateEpoch(stream string, epoch uint64) error {
 	if err := ValidateStreamID(stream); err != nil {
 		return err
