@@ -109,7 +109,7 @@ func notGranted(t *testing.T, ch <-chan acquired) {
 	t.Helper()
 	select {
 	case a := <-ch:
-		t.Fatalf("granted too early: %+v", a)
+		t.Fatalf("granted too early: grant %+v, err %v", a.g, a.err)
 	default:
 	}
 }

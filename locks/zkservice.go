@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"path"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -209,8 +212,12 @@ func (s *zkService) call(ctx context.Context, f func() error) error {
 
 // retryable errors leave the request's effect unknown (or not applied) and go away by themselves.
 func retryable(err error) bool {
+	// While the server goes away, go-zookeeper can also hand back the socket's own error
+	// (connection reset, broken pipe, EOF) for a request in flight: the session may well live on.
+	var netErr *net.OpError
 	return errors.Is(err, zk.ErrConnectionClosed) || errors.Is(err, zk.ErrNoServer) ||
-		errors.Is(err, zk.ErrSessionMoved)
+		errors.Is(err, zk.ErrSessionMoved) || errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func newBackoff() *backoff.ExponentialBackOff {
