@@ -2,7 +2,7 @@ package api
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -50,6 +50,9 @@ type Deps struct {
 	Registry *prometheus.Registry
 	Checks   []NamedCheck
 	Build    BuildInfo
+	// State serves the native REST API (/v1). Nil: every /v1 route but the OpenAPI document
+	// answers 503 unavailable.
+	State State
 }
 
 // Server is the HTTP server of one musicd instance. Serve and Shutdown may be called from
@@ -57,8 +60,14 @@ type Deps struct {
 type Server struct {
 	cfg      Config
 	deps     Deps
+	state    State
+	auth     *authenticator
+	openapi  []byte // the OpenAPI document as JSON
 	http     *http.Server
 	draining atomic.Bool
+	// patterns are the mux patterns registered, in order (the docs test compares them with the
+	// OpenAPI document).
+	patterns []string
 
 	depUp       *prometheus.GaugeVec
 	depDuration *prometheus.HistogramVec
@@ -73,7 +82,20 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	if deps.Logger == nil || deps.Registry == nil {
 		return nil, errors.New("api: Logger and Registry are required")
 	}
-	s := &Server{cfg: cfg, deps: deps}
+	s := &Server{cfg: cfg, deps: deps, state: deps.State, auth: newAuthenticator(cfg.Tokens)}
+	doc, err := openAPIDocument()
+	if err != nil {
+		return nil, err
+	}
+	s.openapi = doc
+	var tlsConfig *tls.Config
+	if cfg.TLSCertFile != "" {
+		cert, err := loadKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	s.depUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "music_dependency_up",
 		Help: "1 if the dependency answered its last readiness check, 0 if not.",
@@ -92,6 +114,11 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		Help:    "Time to serve HTTP requests, by route and method.",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"route", "method"})
+	apiDuration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "music_api_request_duration_seconds",
+		Help:    "Time to serve requests of the native REST API (/v1), by route pattern, method and status code.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"route", "method", "code"})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "music_build_info",
 		Help: "Always 1; the labels identify the running build.",
@@ -101,7 +128,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		},
 	})
 	build.Set(1)
-	for _, c := range []prometheus.Collector{s.depUp, s.depDuration, requests, duration, build} {
+	for _, c := range []prometheus.Collector{s.depUp, s.depDuration, requests, duration, apiDuration, build} {
 		if err := deps.Registry.Register(c); err != nil {
 			return nil, err
 		}
@@ -111,15 +138,12 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	}
 
 	mux := http.NewServeMux()
-	allowed := map[string][]string{} // path -> methods, for 405 answers
 	route := func(pattern, name string, h http.Handler) {
 		labels := prometheus.Labels{"route": name}
 		h = promhttp.InstrumentHandlerDuration(duration.MustCurryWith(labels), h)
 		h = promhttp.InstrumentHandlerCounter(requests.MustCurryWith(labels), h)
 		mux.Handle(pattern, h)
-		if method, path, ok := strings.Cut(pattern, " "); ok {
-			allowed[path] = append(allowed[path], method)
-		}
+		s.patterns = append(s.patterns, pattern)
 	}
 	route("GET /healthz", "healthz", http.HandlerFunc(s.healthz))
 	route("GET /readyz", "readyz", http.HandlerFunc(s.readyz))
@@ -130,13 +154,24 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		EnableOpenMetrics: true,
 		Timeout:           cfg.CheckTimeout,
 	}))
+	for _, rt := range s.v1Routes() {
+		_, path, _ := strings.Cut(rt.pattern, " ")
+		// route is the pattern's path: few values, never a raw path.
+		h := promhttp.InstrumentHandlerDuration(apiDuration.MustCurryWith(prometheus.Labels{"route": path}), s.serveV1(rt))
+		route(rt.pattern, path, h)
+	}
 	route("/", "other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if methods, ok := allowed[r.URL.Path]; ok {
+		if strings.HasPrefix(r.URL.Path, "/v1/") {
+			if id := requestID(r); requestIDRE.MatchString(id) {
+				w.Header().Set(headerRequestID, id) // every /v1 answer carries one (docs/api.md)
+			}
+		}
+		if methods := allowedMethods(mux, r); len(methods) > 0 {
 			w.Header().Set("Allow", strings.Join(methods, ", "))
-			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path)
+			writeError(w, http.StatusMethodNotAllowed, codeMethodNotAllowed, r.Method+" is not allowed on "+r.URL.Path)
 			return
 		}
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+		writeError(w, http.StatusNotFound, codeNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	}))
 
 	s.http = &http.Server{
@@ -147,17 +182,39 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(deps.Logger.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConfig,
 	}
 	return s, nil
+}
+
+// allowedMethods returns the methods with which r's path would reach a route other than the
+// catch-all "/", for the Allow header of a 405.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // Handler returns the server's routes, for tests and benchmarks that serve them themselves.
 func (s *Server) Handler() http.Handler { return s.http.Handler }
 
-// Serve serves HTTP on ln until Shutdown. It returns nil after a Shutdown and the listener's
-// error otherwise.
+// Serve serves HTTP on ln until Shutdown, HTTPS when the configuration names a certificate
+// (tls_cert_file, tls_key_file). It returns nil after a Shutdown and the listener's error
+// otherwise.
 func (s *Server) Serve(ln net.Listener) error {
-	if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	var err error
+	if s.http.TLSConfig != nil {
+		err = s.http.ServeTLS(ln, "", "")
+	} else {
+		err = s.http.Serve(ln)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
@@ -232,23 +289,4 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) version(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, s.deps.Build)
-}
-
-// errorBody is the JSON shape of every error the API returns: a stable code and a message.
-type errorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, errorBody{Code: code, Message: msg})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the client may be gone; nothing useful to do with the error
 }

@@ -40,7 +40,11 @@ type CassandraStore struct {
 	bucketSize uint64
 	defaults   levels
 	classes    map[string]levels
-	logger     *slog.Logger
+	// compactClasses are the classes in the compact layout (cassandra_compact.go).
+	compactClasses map[string]bool
+	// exclusiveClasses are the classes whose ids name their one writer (cassandra_exclusive.go).
+	exclusiveClasses map[string]bool
+	logger           *slog.Logger
 
 	stripes [256]sync.Mutex
 	mu      struct {
@@ -58,6 +62,7 @@ const (
 	writeBatchBytes  = 40 << 10
 	writeConcurrency = 8
 	dirShards        = 8
+	maxKnownHeads    = 100_000 // heads remembered by this process
 	defaultBucket    = 1024
 	casRetries       = 10
 )
@@ -69,7 +74,13 @@ func OpenCassandraStore(ctx context.Context, c *Cassandra, cfg CassandraConfig, 
 		return nil, err
 	}
 	def, _ := cfg.Consistency.parse()
-	st := &CassandraStore{s: c.Session, ks: cfg.Keyspace, defaults: def, classes: map[string]levels{}, logger: logger}
+	st := &CassandraStore{s: c.Session, ks: cfg.Keyspace, defaults: def, classes: map[string]levels{}, compactClasses: map[string]bool{}, exclusiveClasses: map[string]bool{}, logger: logger}
+	for _, class := range cfg.ExclusiveClasses {
+		st.exclusiveClasses[class] = true
+	}
+	for _, class := range cfg.CompactClasses {
+		st.compactClasses[class] = true
+	}
 	for class, cc := range cfg.StreamClasses {
 		st.classes[class], _ = cc.inherit(cfg.Consistency).parse()
 	}
@@ -111,6 +122,17 @@ func (s *CassandraStore) setKnown(stream string, h Head, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ok {
+		if len(s.mu.known) >= maxKnownHeads {
+			// Bounded (a stream per REST key makes many): forget an arbitrary half. A forgotten
+			// head costs the next append a SERIAL read, never a wrong answer.
+			n := 0
+			for k := range s.mu.known {
+				delete(s.mu.known, k)
+				if n++; n >= maxKnownHeads/2 {
+					break
+				}
+			}
+		}
 		s.mu.known[stream] = h
 	} else {
 		delete(s.mu.known, stream)
@@ -120,6 +142,12 @@ func (s *CassandraStore) setKnown(stream string, h Head, ok bool) {
 // serialHead reads the stream's row with a Paxos read: it sees every committed transaction.
 // exists is false for a stream never fenced or written.
 func (s *CassandraStore) serialHead(ctx context.Context, stream string) (h Head, exists bool, err error) {
+	if s.compact(stream) {
+		return s.compactHead(ctx, stream, s.levelsOf(stream).serial)
+	}
+	if s.exclusive(stream) {
+		return s.exclusiveHead(ctx, stream, s.levelsOf(stream).serial)
+	}
 	var epoch, head, low int64
 	err = s.s.Query(`SELECT epoch, head, low FROM `+s.ks+`.journal_streams WHERE stream = ?`, stream).
 		WithContext(ctx).Consistency(s.levelsOf(stream).serial).Scan(&epoch, &head, &low)
@@ -135,7 +163,11 @@ func (s *CassandraStore) serialHead(ctx context.Context, stream string) (h Head,
 // fenceLocked raises the stream's epoch to epoch with a lightweight transaction and returns the
 // head it saw. The caller holds the stream's stripe.
 func (s *CassandraStore) fenceLocked(ctx context.Context, stream string, epoch uint64) (Head, error) {
+	if s.exclusive(stream) {
+		return s.exclusiveFenceLocked(ctx, stream, epoch)
+	}
 	lv := s.levelsOf(stream)
+	table := s.headTable(stream)
 	for range casRetries {
 		h, exists, err := s.serialHead(ctx, stream)
 		if err != nil {
@@ -150,15 +182,13 @@ func (s *CassandraStore) fenceLocked(ctx context.Context, stream string, epoch u
 		var applied bool
 		prev := map[string]any{}
 		if !exists {
-			shard := int(fnvHash(stream) % dirShards)
-			if err := s.s.Query(`INSERT INTO `+s.ks+`.journal_dir (class, shard, stream) VALUES (?, ?, ?)`, classOf(stream), shard, stream).
-				WithContext(ctx).Consistency(lv.write).Exec(); err != nil {
-				return Head{}, fmt.Errorf("journal: stream %s: register: %w", stream, err)
+			if err := s.register(ctx, stream); err != nil {
+				return Head{}, err
 			}
-			applied, err = s.s.Query(`INSERT INTO `+s.ks+`.journal_streams (stream, epoch, head, low) VALUES (?, ?, 0, 0) IF NOT EXISTS`, stream, int64(epoch)).
+			applied, err = s.s.Query(`INSERT INTO `+s.ks+`.`+table+` (stream, epoch, head, low) VALUES (?, ?, 0, 0) IF NOT EXISTS`, stream, int64(epoch)).
 				WithContext(ctx).Consistency(lv.write).SerialConsistency(lv.serial).MapScanCAS(prev)
 		} else {
-			applied, err = s.s.Query(`UPDATE `+s.ks+`.journal_streams SET epoch = ? WHERE stream = ? IF epoch = ? AND head = ?`,
+			applied, err = s.s.Query(`UPDATE `+s.ks+`.`+table+` SET epoch = ? WHERE stream = ? IF epoch = ? AND head = ?`,
 				int64(epoch), stream, int64(h.Epoch), int64(h.Seq)).
 				WithContext(ctx).Consistency(lv.write).SerialConsistency(lv.serial).MapScanCAS(prev)
 		}
@@ -182,6 +212,9 @@ func (s *CassandraStore) Append(ctx context.Context, stream string, epoch uint64
 	}
 	first, last := entries[0].Seq, entries[len(entries)-1].Seq
 	defer s.lock(stream)()
+	if s.compact(stream) {
+		return s.compactAppendLocked(ctx, stream, epoch, first, last, encoded)
+	}
 
 	h, ok := s.known(stream)
 	if !ok || h.Epoch != epoch || h.Seq+1 != first {
@@ -193,16 +226,16 @@ func (s *CassandraStore) Append(ctx context.Context, stream string, epoch uint64
 		s.setKnown(stream, h, true)
 	}
 	if first != h.Seq+1 {
-		if last <= h.Seq && first > h.Low {
-			same, err := s.sameEntries(ctx, stream, first, encoded)
-			if err != nil {
-				return err
-			}
-			if same {
-				return nil // a retry of a batch that is already committed
-			}
+		return s.retryOrConflict(ctx, stream, first, last, h, encoded)
+	}
+	if s.exclusive(stream) {
+		if err := s.exclusiveWrite(ctx, stream, first, encoded); err != nil {
+			s.setKnown(stream, Head{}, false)
+			return err
 		}
-		return fmt.Errorf("%w: stream %s: batch %d-%d, head %d", ErrConflict, stream, first, last, h.Seq)
+		h.Seq = last
+		s.setKnown(stream, h, true)
+		return nil
 	}
 	if err := s.writeEntries(ctx, stream, epoch, first, encoded); err != nil {
 		return err
@@ -287,10 +320,13 @@ func (s *CassandraStore) sameEntries(ctx context.Context, stream string, first u
 
 // readRange returns the encoded entries from..to, stopping before the first missing seq.
 func (s *CassandraStore) readRange(ctx context.Context, stream string, from, to uint64, cl gocql.Consistency) ([][]byte, error) {
+	if s.compact(stream) {
+		return s.compactRange(ctx, stream, from, to, cl)
+	}
 	out := make([][]byte, 0, to-from+1)
 	next := from
 	for bucket := from / s.bucketSize; bucket <= to/s.bucketSize && next <= to; bucket++ {
-		iter := s.s.Query(`SELECT seq, data FROM `+s.ks+`.journal_entries WHERE stream = ? AND bucket = ? AND seq >= ? AND seq <= ?`,
+		iter := s.s.Query(`SELECT seq, data FROM `+s.ks+`.`+s.entriesTable(stream)+` WHERE stream = ? AND bucket = ? AND seq >= ? AND seq <= ?`,
 			stream, int64(bucket), int64(next), int64(to)).WithContext(ctx).Consistency(cl).PageSize(1000).Iter()
 		var seq int64
 		var data []byte
@@ -346,6 +382,14 @@ func (s *CassandraStore) Read(ctx context.Context, stream string, from uint64, m
 func (s *CassandraStore) Head(ctx context.Context, stream string) (Head, error) {
 	if err := ValidateStreamID(stream); err != nil {
 		return Head{}, err
+	}
+	if s.compact(stream) {
+		h, _, err := s.compactHead(ctx, stream, s.levelsOf(stream).read)
+		return h, err
+	}
+	if s.exclusive(stream) {
+		h, _, err := s.exclusiveHead(ctx, stream, s.levelsOf(stream).read)
+		return h, err
 	}
 	var epoch, head, low int64
 	err := s.s.Query(`SELECT epoch, head, low FROM `+s.ks+`.journal_streams WHERE stream = ?`, stream).
@@ -479,8 +523,9 @@ func (s *CassandraStore) Trim(ctx context.Context, stream string, below uint64) 
 	if err := iter.Close(); err != nil {
 		return fmt.Errorf("journal: stream %s: consumers: %w", stream, err)
 	}
+	table := s.headTable(stream)
 	prev := map[string]any{}
-	applied, err := s.s.Query(`UPDATE `+s.ks+`.journal_streams SET low = ? WHERE stream = ? IF epoch = ? AND low = ?`,
+	applied, err := s.s.Query(`UPDATE `+s.ks+`.`+table+` SET low = ? WHERE stream = ? IF epoch = ? AND low = ?`,
 		int64(below-1), stream, int64(h.Epoch), int64(h.Low)).
 		WithContext(ctx).Consistency(lv.write).SerialConsistency(lv.serial).MapScanCAS(prev)
 	if err != nil {
@@ -490,10 +535,13 @@ func (s *CassandraStore) Trim(ctx context.Context, stream string, below uint64) 
 		return fmt.Errorf("%w: stream %s: trim raced with a writer (now %v)", ErrConflict, stream, prev)
 	}
 	s.setKnown(stream, Head{}, false)
+	if s.compact(stream) {
+		return s.compactDeleteBelow(ctx, stream, h.Low, below)
+	}
 	// Whole buckets below the new trim point. The tombstone's timestamp is the stream's epoch: it
 	// shadows every entry written there, by this writer or an older one.
 	for bucket := (h.Low + 1) / s.bucketSize; (bucket+1)*s.bucketSize <= below; bucket++ {
-		if err := s.s.Query(`DELETE FROM `+s.ks+`.journal_entries USING TIMESTAMP ? WHERE stream = ? AND bucket = ?`,
+		if err := s.s.Query(`DELETE FROM `+s.ks+`.`+s.entriesTable(stream)+` USING TIMESTAMP ? WHERE stream = ? AND bucket = ?`,
 			int64(h.Epoch), stream, int64(bucket)).WithContext(ctx).Consistency(lv.write).Exec(); err != nil {
 			return fmt.Errorf("journal: stream %s: delete bucket %d: %w", stream, bucket, err)
 		}
@@ -505,4 +553,21 @@ func fnvHash(s string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(s))
 	return h.Sum32()
+}
+
+// entriesTable is the table holding a bucketed stream's entries.
+func (s *CassandraStore) entriesTable(stream string) string {
+	if s.exclusive(stream) {
+		return "journal_exclusive"
+	}
+	return "journal_entries"
+}
+
+// headTable is the table holding a stream's epoch, head and trim point: its row in
+// journal_streams, or the static columns of a compact stream's partition.
+func (s *CassandraStore) headTable(stream string) string {
+	if s.compact(stream) {
+		return "journal_compact"
+	}
+	return "journal_streams"
 }

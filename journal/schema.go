@@ -27,6 +27,19 @@ var journalMigrations = []migration{
 		`CREATE TABLE IF NOT EXISTS %[1]s.journal_dir (class text, shard int, stream text, PRIMARY KEY ((class, shard), stream))`,
 		`CREATE TABLE IF NOT EXISTS %[1]s.journal_consumers (stream text, consumer text, seq bigint, PRIMARY KEY (stream, consumer))`,
 	}},
+	{version: 2, statements: []string{
+		// Compact streams (cassandra_compact.go): entries in the stream's partition, head in
+		// static columns, appends as one conditional batch.
+		`CREATE TABLE IF NOT EXISTS %[1]s.journal_compact (stream text, seq bigint, data blob,
+			epoch bigint static, head bigint static, low bigint static,
+			PRIMARY KEY (stream, seq)) WITH CLUSTERING ORDER BY (seq ASC)`,
+	}},
+	{version: 3, statements: []string{
+		// Exclusive streams (cassandra_exclusive.go): bucketed entries with the bucket's head in a
+		// static column, so that entries and head are written by one single-partition batch.
+		`CREATE TABLE IF NOT EXISTS %[1]s.journal_exclusive (stream text, bucket bigint, seq bigint, data blob,
+			head bigint static, PRIMARY KEY ((stream, bucket), seq)) WITH CLUSTERING ORDER BY (seq ASC)`,
+	}},
 }
 
 // migrate creates the keyspace and applies missing migrations. It returns the bucket size the

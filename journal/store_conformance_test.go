@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,9 @@ type harness struct {
 	peer func(t *testing.T) Store
 	// reopen closes s and opens the storage again, as after a restart.
 	reopen func(t *testing.T, s Store) Store
+	// maxBatch is the most entries the store takes in one append (0: MaxBatchEntries); a store
+	// with a lower limit refuses bigger batches with ErrInvalid.
+	maxBatch int
 }
 
 // runConformance is the suite every Store implementation passes.
@@ -41,7 +45,9 @@ func runConformance(t *testing.T, h harness) {
 			testEpochRace(t, s, h.peer(t), stream)
 		}},
 		{"RetriedBatchIsIdempotent", testRetry},
-		{"BatchesOf1And10000", testBatchSizes},
+		{"BatchesOf1AndMax", func(t *testing.T, s Store, stream string) {
+			testBatchSizes(t, s, stream, cmp.Or(h.maxBatch, MaxBatchEntries))
+		}},
 		{"FollowWhileAppending", testFollow},
 		{"Trim", testTrim},
 		{"BadInputChangesNothing", testBadInput},
@@ -342,18 +348,23 @@ func testRetry(t *testing.T, s Store, stream string) {
 	checkStream(t, s, stream, 1, 10)
 }
 
-func testBatchSizes(t *testing.T, s Store, stream string) {
+func testBatchSizes(t *testing.T, s Store, stream string, max int) {
 	ctx := context.Background()
 	if err := s.Append(ctx, stream, 1, mkEntries(1, 1, 200)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Append(ctx, stream, 1, mkEntries(2, MaxBatchEntries, 200)); err != nil {
+	if max < MaxBatchEntries {
+		if err := s.Append(ctx, stream, 1, mkEntries(2, max+1, 200)); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("batch of %d entries (limit %d): %v, want ErrInvalid", max+1, max, err)
+		}
+	}
+	if err := s.Append(ctx, stream, 1, mkEntries(2, max, 200)); err != nil {
 		t.Fatal(err)
 	}
-	if h := mustHead(t, s, stream); h.Seq != MaxBatchEntries+1 {
+	if h := mustHead(t, s, stream); h.Seq != uint64(max)+1 {
 		t.Fatalf("head %+v", h)
 	}
-	checkStream(t, s, stream, 1, MaxBatchEntries+1)
+	checkStream(t, s, stream, 1, uint64(max)+1)
 }
 
 // A reader follows the stream while a writer appends batches of random sizes.

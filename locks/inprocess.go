@@ -12,6 +12,11 @@ import (
 type InProcessConfig struct {
 	// Clock judges leases and drives the reaper. Default: real.
 	Clock Clock
+	// FirstToken is the first fencing token the service gives. Tokens are only unique within one
+	// service; a daemon that restarts over the same journal starts above every token it gave
+	// before (embedded mode uses the start time in microseconds: no run gives more than one
+	// token per microsecond). Default 1.
+	FirstToken uint64
 }
 
 // inProcess is the in-process implementation of Service (embedded mode: one daemon, no
@@ -21,7 +26,9 @@ type inProcess struct {
 	clock   Clock
 	closing chan struct{}
 	wake    chan struct{} // capacity 1: the reaper recomputes its next deadline
-	wg      sync.WaitGroup
+	// tokenBase is added to the reference counter to make fencing tokens (FirstToken - 1).
+	tokenBase uint64
+	wg        sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
@@ -74,6 +81,9 @@ func NewInProcess(cfg InProcessConfig) *inProcess {
 		cfg.Clock = RealClock()
 	}
 	s := &inProcess{clock: cfg.Clock, closing: make(chan struct{}), wake: make(chan struct{}, 1)}
+	if cfg.FirstToken > 0 {
+		s.tokenBase = cfg.FirstToken - 1
+	}
 	s.mu.locks = map[lockKey]*ipLock{}
 	s.mu.refs = map[refKey]*ipRef{}
 	s.wg.Add(1)
@@ -161,7 +171,7 @@ func (s *inProcess) createRef(_ context.Context, sp space, name string, opts Ref
 	s.mu.token++
 	id := nodePrefix(opts.Type, newGUID()) + fmt.Sprintf("%0*d", seqLen, s.mu.token)
 	k := refKey{lockKey{sp, name}, id}
-	r := &ipRef{key: k, ref: Ref{Name: name, ID: id, space: sp}, typ: opts.Type, token: s.mu.token,
+	r := &ipRef{key: k, ref: Ref{Name: name, ID: id, space: sp}, typ: opts.Type, token: s.tokenBase + s.mu.token,
 		lease: opts.Lease.Truncate(time.Millisecond), owner: opts.Owner, renewed: s.clock.Now(), lost: make(chan struct{})}
 	l := s.lockLocked(k.lockKey)
 	l.queue = append(l.queue, r)

@@ -68,6 +68,12 @@ func DialZooKeeper(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger
 	return dialZooKeeper(ctx, cfg, logger, nil)
 }
 
+// DialZooKeeperWith is DialZooKeeper with a dialer of the connections to the servers (benchmarks
+// count requests on the wire with one; tests cut the network).
+func DialZooKeeperWith(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger, dialer zk.Dialer) (*ZooKeeper, error) {
+	return dialZooKeeper(ctx, cfg, logger, dialer)
+}
+
 // dialZooKeeper is DialZooKeeper with an optional dialer (tests cut the network with one).
 func dialZooKeeper(ctx context.Context, cfg ZooKeeperConfig, logger *slog.Logger, dialer zk.Dialer) (*ZooKeeper, error) {
 	z := &ZooKeeper{cfg: cfg}

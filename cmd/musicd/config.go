@@ -12,6 +12,7 @@ import (
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/state"
 )
 
 // Modes of operation (DESIGN.md, "Modes").
@@ -36,6 +37,7 @@ type Config struct {
 	NATS      feeds.Config            `yaml:"nats"`
 	Cassandra journal.CassandraConfig `yaml:"cassandra"`
 	ZooKeeper locks.ZooKeeperConfig   `yaml:"zookeeper"`
+	State     state.Config            `yaml:"state"`
 	// Sources are the MariaDB/MySQL databases whose binary logs musicd reads (config file only).
 	Sources []binlog.SourceConfig `yaml:"sources"`
 	// Appliers mirror other sites' streams into local databases (config file only).
@@ -59,6 +61,7 @@ func DefaultConfig() Config {
 		API:             api.DefaultConfig(),
 		NATS:            feeds.DefaultConfig(),
 		Cassandra:       journal.DefaultCassandraConfig(),
+		State:           state.DefaultConfig(),
 		ZooKeeper:       locks.DefaultZooKeeperConfig(),
 	}
 }
@@ -135,6 +138,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.NATS.Validate(); err != nil {
 		return fmt.Errorf("nats.%w", err)
+	}
+	if err := c.State.Validate(); err != nil {
+		return fmt.Errorf("state.%w", err)
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Sources {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -23,6 +24,7 @@ import (
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/state"
 )
 
 // run starts every component the configuration asks for, serves until ctx ends, then shuts down
@@ -52,6 +54,8 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	var embedded *feeds.EmbeddedServer
 	var store journal.Store
 	var elector locks.Campaigner // distributed mode: captures are elected among the site's instances
+	var lockSvc locks.Service    // key locks and the eventual log's elections
+	var stateBackend state.Backend
 	if cfg.Mode == modeEmbedded {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return fmt.Errorf("data_dir: %w", err)
@@ -70,6 +74,22 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		})
 		store = es
 		checks = append(checks, journalCheck(store))
+
+		sb, err := state.OpenEmbeddedBackend(filepath.Join(cfg.DataDir, "state"), logger)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() {
+			if err := sb.Close(); err != nil {
+				logger.Warn("closing the state store", "err", err)
+			}
+		})
+		stateBackend = sb
+		// One process owns the data directory: in-process locks, with tokens above every
+		// epoch an earlier run wrote (see locks.InProcessConfig.FirstToken).
+		ip := locks.NewInProcess(locks.InProcessConfig{FirstToken: uint64(time.Now().UnixMicro())})
+		closers = append(closers, func() { _ = ip.Close() })
+		lockSvc = ip
 	}
 	if cfg.NATS.IsEmbedded() {
 		embedded, err = feeds.StartEmbedded(cfg.NATS.Embedded, filepath.Join(cfg.DataDir, "nats"), "musicd-"+cfg.Site, logger, 10*time.Second)
@@ -106,12 +126,32 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		}
 		closers = append(closers, zk.Close)
 		checks = append(checks, api.NamedCheck{Name: "zookeeper", Checker: zk})
-		lockSvc, err := locks.NewZooKeeperService(startCtx, zk, locks.ZooKeeperServiceConfig{Logger: logger})
+		zkLocks, err := locks.NewZooKeeperService(startCtx, zk, locks.ZooKeeperServiceConfig{Logger: logger})
 		if err != nil {
 			return startFailed("locks", err)
 		}
-		closers = append(closers, func() { _ = lockSvc.Close() })
-		elector = lockSvc
+		closers = append(closers, func() { _ = zkLocks.Close() })
+		elector, lockSvc = zkLocks, zkLocks
+
+		local, err := gocql.ParseConsistencyWrapper(cfg.State.LocalConsistency)
+		if err != nil {
+			return fmt.Errorf("state.local_consistency: %w", err)
+		}
+		global, err := gocql.ParseConsistencyWrapper(cfg.State.GlobalConsistency)
+		if err != nil {
+			return fmt.Errorf("state.global_consistency: %w", err)
+		}
+		bcfg := state.CassandraBackendConfig{MetaKeyspace: cfg.Cassandra.Keyspace, DefaultFactor: cfg.Cassandra.Replication.Factor,
+			Local: local, Global: global, Timeout: cfg.Cassandra.Timeout}
+		if cfg.Cassandra.Replication.Strategy == "network_topology" {
+			bcfg.DefaultReplication = cfg.Cassandra.Replication.DataCenters
+		}
+		cb, err := state.NewCassandraBackend(startCtx, cass.Session, bcfg, logger)
+		if err != nil {
+			return startFailed("state", err)
+		}
+		closers = append(closers, func() { _ = cb.Close() })
+		stateBackend = cb
 	}
 
 	// Background components run until shutdown; their closer (run before the clients they use
@@ -212,13 +252,33 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		})
 	}
 
-	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build})
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", cfg.API.Listen)
 	if err != nil {
 		return fmt.Errorf("api.listen: %w", err)
+	}
+	closers = append(closers, func() { _ = ln.Close() }) // closed by Shutdown already, unless we fail first
+
+	// Keyed state: eventual writes go to this daemon's eventual log (its streams are published
+	// like any other); critical ones to their key's stream.
+	stateCfg := cfg.State
+	stateCfg.Site = cfg.Site
+	if stateCfg.Instance == "" {
+		stateCfg.Instance = defaultInstance(ln.Addr())
+	}
+	stateSvc, err := state.New(stateCfg, state.Deps{Backend: stateBackend, Journal: store, Locks: lockSvc, Clock: clock,
+		Logger: logger, Registerer: reg, OnAppend: notify, OnStream: func(stream string) {
+			if err := relay.Own(stream); err != nil {
+				logger.Error("the change feed cannot follow an eventual log", "stream", stream, "err", err)
+			}
+		}})
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	spawn("state", stateSvc.Run)
+
+	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build, State: stateSvc})
+	if err != nil {
+		return err
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }() // ends when Shutdown closes the listener
@@ -260,6 +320,20 @@ func journalCheck(s journal.Store) api.NamedCheck {
 		_, err := s.Head(ctx, "musicd/readyz")
 		return err
 	})}
+}
+
+// defaultInstance names this daemon's eventual log after its host and API port: stable across
+// restarts, distinct between daemons of one host.
+func defaultInstance(addr net.Addr) string {
+	host, err := os.Hostname()
+	if err != nil || locks.ValidateName(host) != nil {
+		host = "musicd"
+	}
+	port := "0"
+	if a, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(a.Port)
+	}
+	return host + "-" + port
 }
 
 // instanceID names this musicd in elections.

@@ -40,7 +40,7 @@ MUSIC_DEV_CASSANDRA_JAR=$MUSIC_DEV_CASSANDRA_HOME/lib/apache-cassandra-2.1.0.jar
 : "${MUSIC_DEV_NATS_PORT:=14223}"
 : "${MUSIC_DEV_NATS_MONITOR_PORT:=18223}"
 
-: "${MUSIC_DEV_CASSANDRA_HEAP:=256m}"
+: "${MUSIC_DEV_CASSANDRA_HEAP:=1g}"
 # periodic (fast; a kill -9 may lose the last 10 s of writes) or batch (fsync before acknowledging:
 # what tests that kill -9 Cassandra and check durability need).
 : "${MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC:=periodic}"

@@ -1,0 +1,407 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/musicd/musicd/internal/testenv"
+	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/state"
+)
+
+// BenchmarkREST measures the native REST API of one daemon in distributed mode (Cassandra and
+// ZooKeeper from the dev servers) at a concurrency of 16 clients: requests/s, p50 and p99, and
+// per request the Cassandra statements, lightweight transactions and SERIAL reads, and the
+// ZooKeeper requests it caused (counted on the Cassandra session and on the ZooKeeper wire).
+// Beside eventual put, in the same run, the limit: the same rows inserted directly through the
+// driver at the same concurrency. For exploring, MUSIC_BENCH_CONC sets the number of clients and
+// MUSIC_BENCH_SHARDS the eventual log's shards.
+func BenchmarkREST(b *testing.B) {
+	env := newRESTBench(b)
+	conc := 16
+	if v, err := strconv.Atoi(os.Getenv("MUSIC_BENCH_CONC")); err == nil {
+		conc = v
+	}
+
+	b.Run("eventual_put", func(b *testing.B) {
+		n := max(b.N, 10000)
+		ours := env.run(b, conc, n, func(w, i int) (*http.Request, int) {
+			return env.req("PUT", fmt.Sprintf("/rows/%d", w*1_000_000+i), `{"values":{"v":"value-`+strconv.Itoa(i)+`","n":7}}`, nil), 200
+		})
+		raw := env.driverInserts(b, conc, n)
+		b.ReportMetric(ours.rate, "req/s")
+		b.ReportMetric(raw.rate, "req/s;baseline=driver")
+		b.ReportMetric(ours.rate/raw.rate, "ratio_to_driver")
+		ours.report(b)
+		b.ReportMetric(raw.p50, "p50_ms;baseline=driver")
+		b.ReportMetric(raw.p99, "p99_ms;baseline=driver")
+		batch, _ := env.histogramMean("music_state_eventual_batch_entries")
+		appendS, _ := env.histogramMean("music_state_eventual_append_seconds")
+		b.ReportMetric(batch, "entries/append")
+		b.ReportMetric(appendS*1000, "append_ms")
+	})
+	b.Run("eventual_get", func(b *testing.B) {
+		n := max(b.N, 2000)
+		env.run(b, conc, n, func(w, i int) (*http.Request, int) {
+			return env.req("GET", fmt.Sprintf("/rows/%d", w*1_000_000+i%500), "", nil), 200
+		}).reportAll(b)
+	})
+	b.Run("critical_put", func(b *testing.B) {
+		n := max(b.N, 1000)
+		refs := make([]string, conc)
+		for w := range conc { // each client holds the lock of its own key
+			refs[w] = env.lock(b, 2_000_000+w)
+		}
+		env.run(b, conc, n, func(w, i int) (*http.Request, int) {
+			return env.req("PUT", fmt.Sprintf("/rows/%d?consistency=critical", 2_000_000+w), `{"values":{"v":"c","n":`+strconv.Itoa(i)+`}}`,
+				http.Header{"Music-Lock": {refs[w]}}), 200
+		}).reportAll(b)
+	})
+	b.Run("atomic_put", func(b *testing.B) {
+		n := max(b.N, 500)
+		env.run(b, conc, n, func(w, i int) (*http.Request, int) {
+			return env.req("PUT", fmt.Sprintf("/rows/%d?consistency=atomic", 3_000_000+w*1000+i%5), `{"values":{"v":"a","n":1}}`, nil), 200
+		}).reportAll(b)
+	})
+	b.Run("compare_and_set", func(b *testing.B) {
+		n := max(b.N, 500)
+		versions := make([]string, conc) // each client chains compare-and-sets on its own key
+		for w := range conc {
+			versions[w] = env.put(b, 4_000_000+w)
+		}
+		var mu sync.Mutex
+		env.runResp(b, conc, n, func(w, i int) (*http.Request, int) {
+			mu.Lock()
+			v := versions[w]
+			mu.Unlock()
+			return env.req("PUT", fmt.Sprintf("/rows/%d", 4_000_000+w), `{"values":{"v":"cas","n":`+strconv.Itoa(i)+`}}`, http.Header{"If-Match": {v}}), 200
+		}, func(w int, resp *http.Response) {
+			mu.Lock()
+			versions[w] = resp.Header.Get("ETag")
+			mu.Unlock()
+		}).reportAll(b)
+	})
+}
+
+type restBench struct {
+	base    string
+	client  *http.Client
+	session *gocql.Session
+	ks      string
+	counts  *opCounts
+	reg     *prometheus.Registry
+}
+
+// histogramMean returns the mean of a histogram of the state service's registry, and its count.
+func (e *restBench) histogramMean(name string) (float64, uint64) {
+	mfs, _ := e.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.GetSampleCount() > 0 {
+				return h.GetSampleSum() / float64(h.GetSampleCount()), h.GetSampleCount()
+			}
+		}
+	}
+	return 0, 0
+}
+
+// opCounts counts what the daemon sends to Cassandra and ZooKeeper.
+type opCounts struct {
+	stmts, lwts, serials, zk atomic.Int64
+}
+
+func (c *opCounts) ObserveQuery(_ context.Context, q gocql.ObservedQuery) {
+	c.stmts.Add(1)
+	if isLWT(q.Statement) {
+		c.lwts.Add(1)
+	}
+	if q.Query != nil {
+		if cl := q.Query.GetConsistency(); cl == gocql.Serial || cl == gocql.LocalSerial {
+			c.serials.Add(1)
+		}
+	}
+}
+
+func (c *opCounts) ObserveBatch(_ context.Context, b gocql.ObservedBatch) {
+	c.stmts.Add(1)
+	for _, s := range b.Statements {
+		if isLWT(s) {
+			c.lwts.Add(1)
+			break
+		}
+	}
+}
+
+func isLWT(stmt string) bool { return strings.Contains(stmt, " IF ") }
+
+func (c *opCounts) snapshot() [4]int64 {
+	return [4]int64{c.stmts.Load(), c.lwts.Load(), c.serials.Load(), c.zk.Load()}
+}
+
+// zkCounter counts ZooKeeper requests on the wire: every frame the client writes except the
+// connect request (xid 0) and pings (xid -2).
+type zkCounter struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c zkCounter) Write(p []byte) (int, error) {
+	if len(p) >= 12 {
+		if xid := int32(binary.BigEndian.Uint32(p[4:8])); xid != 0 && xid != -2 {
+			c.n.Add(1)
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+func newRESTBench(b *testing.B) *restBench {
+	b.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	counts := &opCounts{}
+
+	ccfg := journal.DefaultCassandraConfig()
+	ccfg.Keyspace = testenv.UniqueName("musicd_bench_")
+	ccfg.QueryObserver, ccfg.BatchObserver = counts, counts
+	deps, cass, _ := distributedDeps(b, ccfg, func(network, addr string, timeout time.Duration) (net.Conn, error) {
+		c, err := net.DialTimeout(network, addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return zkCounter{Conn: c, n: &counts.zk}, nil
+	}, logger)
+	cfg := state.DefaultConfig()
+	cfg.Site, cfg.Instance = "bench", "bench-0"
+	if v, err := strconv.Atoi(os.Getenv("MUSIC_BENCH_SHARDS")); err == nil {
+		cfg.EventualShards = v
+	}
+	stateReg := prometheus.NewRegistry()
+	deps.Registerer = stateReg
+	svc, err := state.New(cfg, deps)
+	if err != nil {
+		b.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = svc.Run(runCtx) }()
+
+	acfg := DefaultConfig()
+	acfg.Listen = "127.0.0.1:0"
+	srv, err := NewServer(acfg, Deps{Logger: logger, Registry: prometheus.NewRegistry(), State: svc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	b.Cleanup(func() {
+		_ = srv.Shutdown(context.Background())
+		stop()
+		wg.Wait()
+		_ = cass.Session.Query(`DROP KEYSPACE ` + ccfg.Keyspace).Exec()
+		_ = cass.Session.Query(`DROP KEYSPACE bench`).Exec()
+	})
+	env := &restBench{base: "http://" + ln.Addr().String(), client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 30 * time.Second},
+		session: cass.Session, ks: ccfg.Keyspace, counts: counts, reg: stateReg}
+	_ = cass.Session.Query(`DROP KEYSPACE bench`).Exec() // a previous run's, if it was killed
+	for _, body := range []struct{ path, body string }{
+		{"/v1/keyspaces", `{"name":"bench"}`},
+		{"/v1/keyspaces/bench/tables", `{"name":"kv","columns":[{"name":"id","type":"bigint"},{"name":"v","type":"text"},{"name":"n","type":"bigint"}],"partition_key":["id"]}`},
+	} {
+		resp, err := env.client.Post(env.base+body.path, "application/json", strings.NewReader(body.body))
+		if err != nil || resp.StatusCode != 201 {
+			b.Fatalf("setup %s: %v %v", body.path, err, resp)
+		}
+		resp.Body.Close()
+	}
+	// The driver's table for the limit: the same columns, in the same keyspace.
+	if err := cass.Session.Query(`CREATE TABLE bench.raw (id bigint PRIMARY KEY, v text, n bigint, music_ts bigint)`).Exec(); err != nil {
+		b.Fatal(err)
+	}
+	return env
+}
+
+func (e *restBench) req(method, path, body string, h http.Header) *http.Request {
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, e.base+"/v1/keyspaces/bench/tables/kv"+path, r)
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return req
+}
+
+// do sends req and checks its status; on failure it reports the error and returns nil (it may run
+// on a client goroutine, where b.Fatal is not allowed).
+func (e *restBench) do(b *testing.B, req *http.Request, want int) *http.Response {
+	resp, err := e.client.Do(req)
+	if err != nil {
+		b.Error(err)
+		return nil
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		b.Errorf("%s %s: %d %s", req.Method, req.URL.Path, resp.StatusCode, body)
+		return nil
+	}
+	return resp
+}
+
+// lock creates and acquires the lock of row id, returning the reference.
+func (e *restBench) lock(b *testing.B, id int) string {
+	req, _ := http.NewRequest("POST", fmt.Sprintf("%s/v1/keyspaces/bench/tables/kv/locks/%d", e.base, id), strings.NewReader(`{"lease":"10m"}`))
+	resp, err := e.client.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		b.Fatalf("create lock: %d %s", resp.StatusCode, body.String())
+	}
+	var created struct{ Ref string }
+	if err := json.Unmarshal(body.Bytes(), &created); err != nil || created.Ref == "" {
+		b.Fatalf("no ref in %s (%v)", body.String(), err)
+	}
+	ref := created.Ref
+	acq, _ := http.NewRequest("POST", e.base+"/v1/locks/"+ref+"/acquire?wait=5s", nil)
+	if e.do(b, acq, 200) == nil {
+		b.FailNow()
+	}
+	return ref
+}
+
+// put writes row id eventually and returns its ETag.
+func (e *restBench) put(b *testing.B, id int) string {
+	resp := e.do(b, e.req("PUT", fmt.Sprintf("/rows/%d", id), `{"values":{"v":"x","n":0}}`, nil), 200)
+	if resp == nil {
+		b.FailNow()
+	}
+	return resp.Header.Get("ETag")
+}
+
+type benchResult struct {
+	rate, p50, p99 float64
+	per            [4]float64 // statements, LWTs, SERIAL reads, ZooKeeper requests per request
+}
+
+func (r benchResult) report(b *testing.B) {
+	b.ReportMetric(r.p50, "p50_ms")
+	b.ReportMetric(r.p99, "p99_ms")
+	b.ReportMetric(r.per[0], "cql_stmts/op")
+	b.ReportMetric(r.per[1], "lwt/op")
+	b.ReportMetric(r.per[2], "serial_reads/op")
+	b.ReportMetric(r.per[3], "zk_reqs/op")
+}
+
+func (r benchResult) reportAll(b *testing.B) {
+	b.ReportMetric(r.rate, "req/s")
+	r.report(b)
+}
+
+func (e *restBench) run(b *testing.B, conc, n int, mk func(w, i int) (*http.Request, int)) benchResult {
+	return e.runResp(b, conc, n, mk, nil)
+}
+
+// runResp sends n requests from conc clients (client w sends its i-th request mk(w, i)) and
+// measures them.
+func (e *restBench) runResp(b *testing.B, conc, n int, mk func(w, i int) (*http.Request, int), after func(w int, resp *http.Response)) benchResult {
+	lat := make([][]time.Duration, conc)
+	before := e.counts.snapshot()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += conc {
+				req, want := mk(w, i/conc)
+				t0 := time.Now()
+				resp := e.do(b, req, want)
+				if resp == nil {
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				if after != nil {
+					after(w, resp)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	b.StopTimer()
+	after2 := e.counts.snapshot()
+	all := slices.Concat(lat...)
+	r := benchResult{rate: float64(n) / took.Seconds(), p50: ms(pct(all, 50)), p99: ms(pct(all, 99))}
+	for i := range r.per {
+		r.per[i] = float64(after2[i]-before[i]) / float64(n)
+	}
+	return r
+}
+
+// driverInserts inserts n rows directly through the driver from conc goroutines: the limit.
+func (e *restBench) driverInserts(b *testing.B, conc, n int) benchResult {
+	lat := make([][]time.Duration, conc)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += conc {
+				t0 := time.Now()
+				err := e.session.Query(`INSERT INTO bench.raw (id, v, n, music_ts) VALUES (?, ?, ?, ?) USING TIMESTAMP ?`,
+					int64(w*1_000_000+i), "value-"+strconv.Itoa(i), int64(7), t0.UnixMicro(), t0.UnixMicro()).Consistency(gocql.LocalQuorum).Exec()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		}()
+	}
+	wg.Wait()
+	all := slices.Concat(lat...)
+	return benchResult{rate: float64(n) / time.Since(start).Seconds(), p50: ms(pct(all, 50)), p99: ms(pct(all, 99))}
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)]
+}
+
+func ms(d time.Duration) float64 { return d.Seconds() * 1000 }
