@@ -205,6 +205,22 @@ dev_tail_log() {
   fi
 }
 
+# dev_thread_dump SVC PID: for a Java service (cassandra, zookeeper) that is running but not ready,
+# ask the JVM for a thread dump (SIGQUIT writes it to stdout, which is the service's log) and show
+# its main thread, so that a startup that hangs says where. Waits at most 5 s for the dump.
+dev_thread_dump() {
+  [[ $1 == cassandra || $1 == zookeeper ]] || return 0
+  dev_logfile "$1"
+  kill -QUIT "$2" 2>/dev/null || return 0
+  local i
+  for ((i = 0; i < 50; i++)); do
+    grep -q '^Full thread dump' "$DEV_LOG" 2>/dev/null && break
+    sleep 0.1
+  done
+  echo "    --- main thread of pid $2 (full thread dump in $DEV_LOG) ---"
+  awk '/^"main"/{p=1; b=""} p&&/^$/{p=0} p{b=b $0 "\n"} END{printf "%s", b}' "$DEV_LOG" | head -n 40 | cut -c1-300 | sed 's/^/    /'
+}
+
 # dev_lock: serialize up.sh / down.sh runs on the same MUSIC_DEV_DIR (e.g. under make -j).
 # Uses fd 9; daemons must be started with 9>&- so that they do not inherit (and hold) the lock.
 dev_lock() {

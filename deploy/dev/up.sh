@@ -347,6 +347,7 @@ while ((${#pending[@]})); do
         failed[$svc]=timeout
         report "$svc" FAILED "not ready within $(((deadline[$svc] - T0) / 1000000)) s (still running; stop it with: down.sh $svc)"
         dev_tail_log "$svc"
+        dev_thread_dump "$svc" "${pidof[$svc]}"
       else
         still+=("$svc")
       fi
