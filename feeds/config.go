@@ -90,6 +90,12 @@ type RelayConfig struct {
 	// PollInterval is how often the relay reads the heads of its streams, to find entries that
 	// no Notify announced (appended by another instance), and saves its positions. Default 1s.
 	PollInterval time.Duration `yaml:"poll_interval" help:"how often the relay checks its streams' heads and saves its positions"`
+	// FollowIdle is how long a followed stream (a key stream of the REST API, one per key) stays
+	// relayed after its last append once everything is confirmed. Default 30s.
+	FollowIdle time.Duration `yaml:"follow_idle" help:"how long a followed key stream stays relayed after its last append"`
+	// SweepInterval is how often the elected sweeper looks for key streams with entries that no
+	// relay published (their appender crashed first). Default 1m.
+	SweepInterval time.Duration `yaml:"sweep_interval" help:"how often the elected sweeper looks for key streams left unpublished"`
 }
 
 // EmbeddedConfig configures the NATS server embedded in musicd.
@@ -128,6 +134,8 @@ func DefaultConfig() Config {
 			AckTimeout:       5 * time.Second,
 			RetryMaxInterval: 10 * time.Second,
 			PollInterval:     time.Second,
+			FollowIdle:       30 * time.Second,
+			SweepInterval:    time.Minute,
 		},
 	}
 }
@@ -242,6 +250,10 @@ func (r RelayConfig) validate() error {
 		return errors.New("relay.retry_max_interval: must be a positive duration")
 	case r.PollInterval <= 0:
 		return errors.New("relay.poll_interval: must be a positive duration")
+	case r.FollowIdle <= 0:
+		return errors.New("relay.follow_idle: must be a positive duration")
+	case r.SweepInterval <= 0:
+		return errors.New("relay.sweep_interval: must be a positive duration")
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ type relayMetrics struct {
 	retries   prometheus.Counter
 	lag       *prometheus.GaugeVec
 	owned     prometheus.Gauge
+	swept     prometheus.Counter
 }
 
 func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
@@ -37,11 +38,15 @@ func newRelayMetrics(reg prometheus.Registerer) (*relayMetrics, error) {
 			Name: "music_feeds_relayed_streams",
 			Help: "Journal streams this instance relays.",
 		}),
+		swept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "music_feeds_swept_streams_total",
+			Help: "Streams the sweeper found with entries that no relay published, and followed.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.published, m.errors, m.retries, m.lag, m.owned} {
+	for _, c := range []prometheus.Collector{m.published, m.errors, m.retries, m.lag, m.owned, m.swept} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -27,10 +27,11 @@ const RelayConsumer = "feeds-relay"
 // Relay publishes the entries of the journal streams it owns to the change feed: every entry
 // once per (stream, seq) in the JetStream stream, in seq order per stream, whatever its source.
 //
-// Which streams an instance relays is decided outside: Own and Disown. The election of one relay
-// per stream across a site's instances (package locks) drives them; until then the caller owns
-// every stream it appends to. Two relays of one stream at once (an election hand-over) cost
-// duplicates, which JetStream's de-duplication and the Sequencer drop, never an entry.
+// Which streams an instance relays is decided outside: Own and Disown (RunOwnedElected drives
+// them from the stream's relay election), Follow for short-lived writers such as key streams
+// (relayed until idle), and RunSweeper for what a crashed appender left unpublished. Two relays
+// of one stream at once (a hand-over, a first sweep) cost duplicates, which JetStream's
+// de-duplication and the Sequencer drop, never an entry.
 //
 // Paths: Notify, called by an appender after a successful Append, wakes the relay at once (the
 // fast path); on start, on every wake and every cfg.Relay.PollInterval, the relay reads each
@@ -62,9 +63,10 @@ type Relay struct {
 	mu struct {
 		sync.Mutex
 		running   bool
-		owned     map[string]bool   // streams to relay
-		notified  map[string]uint64 // streams notified since Run last looked, highest seq
-		confirmed map[string]uint64 // last seq confirmed per owned stream, as of Run's last turn
+		owned     map[string]bool      // streams to relay
+		followed  map[string]time.Time // streams to relay until idle: last Follow or Notify
+		notified  map[string]uint64    // streams notified since Run last looked, highest seq
+		confirmed map[string]uint64    // last seq confirmed per owned stream, as of Run's last turn
 	}
 }
 
@@ -93,6 +95,7 @@ func NewRelay(cfg Config, conn *Conn, store journal.Store, site string, logger *
 		m: m, wake: make(chan struct{}, 1),
 	}
 	r.mu.owned = map[string]bool{}
+	r.mu.followed = map[string]time.Time{}
 	r.mu.notified = map[string]uint64{}
 	r.mu.confirmed = map[string]uint64{}
 	return r, nil
@@ -116,21 +119,58 @@ func (r *Relay) Own(stream string) error {
 func (r *Relay) Disown(stream string) {
 	r.mu.Lock()
 	delete(r.mu.owned, stream)
-	delete(r.mu.notified, stream)
+	if !r.relays(stream) {
+		delete(r.mu.notified, stream)
+	}
 	r.mu.Unlock()
 	r.signal()
 }
 
+// Follow makes the relay publish stream, from its saved position on, until the stream has been
+// idle (no Follow or Notify) for cfg.Relay.FollowIdle with everything up to its head confirmed
+// and the position saved. It is for the many short-lived writers of key streams (one per key of
+// the REST API): whoever appends follows, and the sweeper (RunSweeper) follows what an appender
+// that crashed left unpublished. seq is the stream's head as the caller knows it (0: unknown).
+// It fails only for an invalid stream id.
+func (r *Relay) Follow(stream string, seq uint64) error {
+	if err := journal.ValidateStreamID(stream); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.mu.followed[stream] = time.Now()
+	r.mu.notified[stream] = max(r.mu.notified[stream], seq)
+	r.mu.Unlock()
+	r.signal()
+	return nil
+}
+
 // Notify tells the relay that stream has entries up to seq. Appenders call it after a successful
 // Append. It never blocks; notifications of a stream coalesce, and those of a stream the relay
-// does not own are ignored (its owner finds the entries by polling).
+// neither owns nor follows are ignored (its owner finds the entries by polling).
 func (r *Relay) Notify(stream string, seq uint64) {
 	r.mu.Lock()
-	if r.mu.owned[stream] {
+	_, followed := r.mu.followed[stream]
+	if followed {
+		r.mu.followed[stream] = time.Now()
+	}
+	if followed || r.mu.owned[stream] {
 		r.mu.notified[stream] = max(r.mu.notified[stream], seq)
 	}
 	r.mu.Unlock()
 	r.signal()
+}
+
+// relays reports whether the relay owns or follows stream. Callers hold r.mu.
+func (r *Relay) relays(stream string) bool {
+	_, followed := r.mu.followed[stream]
+	return followed || r.mu.owned[stream]
+}
+
+// Relaying reports whether the relay owns or follows stream now.
+func (r *Relay) Relaying(stream string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.relays(stream)
 }
 
 func (r *Relay) signal() {
@@ -285,19 +325,29 @@ func (r *Relay) syncOwned(ctx context.Context, streams map[string]*streamState) 
 	r.mu.Lock()
 	var gone []*streamState
 	for name, st := range streams {
-		if !r.mu.owned[name] {
+		if !r.relays(name) {
 			gone = append(gone, st)
 			delete(streams, name)
 			delete(r.mu.confirmed, name)
 		}
 	}
-	for name := range r.mu.owned {
+	add := func(name string) {
 		if streams[name] == nil {
 			streams[name] = &streamState{name: name, pending: true}
 		}
 	}
+	for name := range r.mu.owned {
+		add(name)
+	}
+	for name := range r.mu.followed {
+		add(name)
+	}
 	for name, seq := range r.mu.notified {
 		st := streams[name]
+		if st == nil { // disowned since
+			delete(r.mu.notified, name)
+			continue
+		}
 		st.pending = true
 		st.head = max(st.head, seq)
 		delete(r.mu.notified, name)
@@ -324,7 +374,26 @@ func (r *Relay) poll(ctx context.Context, streams map[string]*streamState) {
 		}
 		r.save(ctx, st)
 	}
+	r.dropIdle(streams)
 	r.publishConfirmed(streams)
+}
+
+// dropIdle stops following the streams that are idle: no Follow or Notify for FollowIdle, and
+// everything up to the head just read confirmed and saved. syncOwned then forgets them.
+func (r *Relay) dropIdle(streams map[string]*streamState) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, last := range r.mu.followed {
+		st := streams[name]
+		if st == nil || r.mu.owned[name] || now.Sub(last) < r.cfg.FollowIdle {
+			continue
+		}
+		if st.loaded && st.next > st.head && st.saved == st.next-1 && r.mu.notified[name] < st.next {
+			delete(r.mu.followed, name)
+			delete(r.mu.notified, name)
+		}
+	}
 }
 
 // publishConfirmed copies the confirmed positions for Confirmed and updates the lag gauge.

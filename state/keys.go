@@ -22,6 +22,13 @@ import (
 //	stream kv/<keyspace>/<table>/<hash>
 //
 // hash is the first 128 bits of SHA-256 over a canonical encoding of the key values, in hex.
+// KeyStreamPrefix starts the journal stream of every key written under its lock:
+// kv/<keyspace>/<table>/<hash of the key>.
+const KeyStreamPrefix = "kv/"
+
+// IsKeyStream reports whether stream is a key's stream (see KeyStreamPrefix).
+func IsKeyStream(stream string) bool { return strings.HasPrefix(stream, KeyStreamPrefix) }
+
 type keyID struct {
 	keyspace, table, hash string
 }
@@ -58,7 +65,7 @@ func newKeyID(t Table, key journal.Row) keyID {
 }
 
 func (k keyID) lockName() string { return lockPrefix + k.keyspace + "." + k.table + "." + k.hash }
-func (k keyID) stream() string   { return "kv/" + k.keyspace + "/" + k.table + "/" + k.hash }
+func (k keyID) stream() string   { return KeyStreamPrefix + k.keyspace + "/" + k.table + "/" + k.hash }
 
 // keyIDOfLock parses a key lock's name.
 func keyIDOfLock(name string) (keyID, error) {

@@ -104,7 +104,7 @@ func restScenario(t *testing.T, base, ks string, nc *nats.Conn, create bool) {
 	t.Helper()
 	v1 := base + "/v1/keyspaces"
 	rows := v1 + "/" + ks + "/tables/kv/rows/"
-	json := map[string]string{"Content-Type": "application/json"}
+	jsonCT := map[string]string{"Content-Type": "application/json"}
 	var feed *nats.Subscription
 	if nc != nil {
 		var err error
@@ -114,13 +114,13 @@ func restScenario(t *testing.T, base, ks string, nc *nats.Conn, create bool) {
 		defer feed.Unsubscribe()
 	}
 	if create {
-		if code, body, _ := restCall(t, "POST", v1, `{"name":"`+ks+`"}`, json); code != 201 {
+		if code, body, _ := restCall(t, "POST", v1, `{"name":"`+ks+`"}`, jsonCT); code != 201 {
 			t.Fatalf("create keyspace: %d %v", code, body)
 		}
-		if code, body, _ := restCall(t, "POST", v1+"/"+ks+"/tables", `{"name":"kv","columns":[{"name":"id","type":"bigint"},{"name":"v","type":"text"}],"partition_key":["id"]}`, json); code != 201 {
+		if code, body, _ := restCall(t, "POST", v1+"/"+ks+"/tables", `{"name":"kv","columns":[{"name":"id","type":"bigint"},{"name":"v","type":"text"}],"partition_key":["id"]}`, jsonCT); code != 201 {
 			t.Fatalf("create table: %d %v", code, body)
 		}
-		if code, body, _ := restCall(t, "PUT", rows+"1", `{"values":{"v":"one"}}`, json); code != 200 {
+		if code, body, _ := restCall(t, "PUT", rows+"1", `{"values":{"v":"one"}}`, jsonCT); code != 200 {
 			t.Fatalf("eventual put: %d %v", code, body)
 		}
 	}
@@ -138,7 +138,7 @@ func restScenario(t *testing.T, base, ks string, nc *nats.Conn, create bool) {
 		}
 	}
 	// A lock, critical writes and reads, release.
-	code, body, _ = restCall(t, "POST", v1+"/"+ks+"/tables/kv/locks/2", `{"lease":"30s","owner":"e2e"}`, json)
+	code, body, _ = restCall(t, "POST", v1+"/"+ks+"/tables/kv/locks/2", `{"lease":"30s","owner":"e2e"}`, jsonCT)
 	if code != 201 {
 		t.Fatalf("create lock: %d %v", code, body)
 	}
@@ -153,7 +153,7 @@ func restScenario(t *testing.T, base, ks string, nc *nats.Conn, create bool) {
 	if code, body, _ = restCall(t, "GET", rows+"2?consistency=critical", "", crit); code != 200 || body["values"].(map[string]any)["v"] != "critical" {
 		t.Fatalf("critical get: %d %v", code, body)
 	}
-	if code, body, _ = restCall(t, "PUT", rows+"2?consistency=atomic&wait=100ms", `{"values":{"v":"blocked"}}`, json); code != 423 {
+	if code, body, _ = restCall(t, "PUT", rows+"2?consistency=atomic&wait=100ms", `{"values":{"v":"blocked"}}`, jsonCT); code != 423 {
 		t.Fatalf("atomic put on a held key: %d %v, want 423", code, body)
 	}
 	if code, _, _ = restCall(t, "DELETE", base+"/v1/locks/"+ref, "", nil); code != 204 {
@@ -163,7 +163,7 @@ func restScenario(t *testing.T, base, ks string, nc *nats.Conn, create bool) {
 		t.Fatalf("critical put after release: %d %v, want 409", code, body)
 	}
 	// Atomic, then compare-and-set on the version.
-	_, _, resp = restCall(t, "PUT", rows+"2?consistency=atomic&wait=5s", `{"values":{"v":"atomic"}}`, json)
+	_, _, resp = restCall(t, "PUT", rows+"2?consistency=atomic&wait=5s", `{"values":{"v":"atomic"}}`, jsonCT)
 	etag := resp.Header.Get("ETag")
 	if resp.StatusCode != 200 || etag == "" {
 		t.Fatalf("atomic put: %d", resp.StatusCode)
@@ -174,5 +174,41 @@ func restScenario(t *testing.T, base, ks string, nc *nats.Conn, create bool) {
 	}
 	if code, body, _ = restCall(t, "PUT", rows+"2", `{"values":{"v":"cas again"}}`, cas); code != 412 {
 		t.Fatalf("compare-and-set on a stale version: %d %v, want 412", code, body)
+	}
+	if code, body, _ = restCall(t, "PUT", rows+"2?consistency=atomic&wait=5s", `{"values":{"v":"final"}}`, jsonCT); code != 200 {
+		t.Fatalf("atomic put: %d %v", code, body)
+	}
+	if feed == nil {
+		return
+	}
+	// The writes to key 2 are on the change feed, from the key's stream, in order, and the
+	// refused ones (409, 412, 423) are not.
+	var stream string
+	var seq uint64
+	for _, want := range []string{"critical", "atomic", "cas", "final"} {
+		m, err := feed.NextMsg(30 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for the write %q on the change feed: %v", want, err)
+		}
+		var env struct {
+			Op     string             `json:"op"`
+			Key    struct{ ID int64 } `json:"key"`
+			After  struct{ V string } `json:"after"`
+			Source struct {
+				Stream string `json:"stream"`
+				Seq    uint64 `json:"seq"`
+			} `json:"source"`
+		}
+		if err := json.Unmarshal(m.Data, &env); err != nil {
+			t.Fatalf("envelope on %s: %v: %s", m.Subject, err, m.Data)
+		}
+		if m.Subject != "music.changes."+ks+".kv.put" || env.Op != "put" || env.Key.ID != 2 || env.After.V != want ||
+			!strings.HasPrefix(env.Source.Stream, "kv/"+ks+"/kv/") || m.Header.Get("Music-Stream") != env.Source.Stream {
+			t.Fatalf("change feed message on %s, want the write %q of key 2 from its key stream: %s", m.Subject, want, m.Data)
+		}
+		if stream != "" && (env.Source.Stream != stream || env.Source.Seq != seq+1) {
+			t.Errorf("write %q is %s seq %d, want %s seq %d", want, env.Source.Stream, env.Source.Seq, stream, seq+1)
+		}
+		stream, seq = env.Source.Stream, env.Source.Seq
 	}
 }

@@ -234,12 +234,17 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 			return binlog.Ping(ctx, src)
 		})})
 		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: notify, Metrics: captureMetrics}, store, clock, logger)
-		if err := relay.Own(capture.Stream()); err != nil {
-			return err
-		}
 		if elector != nil {
+			// One relay per capture stream among the instances, elected apart from the capture
+			// itself: the stream's backlog is published even while no instance can capture.
+			spawn("relay of "+capture.Stream(), func(ctx context.Context) error {
+				return relay.RunOwnedElected(ctx, elector, capture.Stream(), instance)
+			})
 			spawn("capture "+src.Name, func(ctx context.Context) error { return capture.RunElected(ctx, elector, instance) })
 			continue
+		}
+		if err := relay.Own(capture.Stream()); err != nil {
+			return err
 		}
 		// Embedded mode: this process owns the data directory, so the next epoch is one above
 		// the stream's.
@@ -265,8 +270,28 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	if stateCfg.Instance == "" {
 		stateCfg.Instance = defaultInstance(ln.Addr())
 	}
+	// Key streams (one per key written under its lock) are followed by the relay of the instance
+	// that appends, until idle; the sweeper, one per deployment, follows what an instance that
+	// crashed left unpublished.
+	stateAppended := func(stream string, seq uint64) {
+		if state.IsKeyStream(stream) {
+			if err := relay.Follow(stream, seq); err != nil {
+				logger.Error("the change feed cannot follow a key stream", "stream", stream, "err", err)
+			}
+		}
+		notify(stream, seq)
+	}
+	if elector != nil {
+		spawn("change feed sweeper", func(ctx context.Context) error {
+			return locks.RunElected(ctx, elector, "feeds.sweeper", instance, logger, func(ctx context.Context, _ uint64) error {
+				return relay.RunSweeper(ctx, state.KeyStreamPrefix)
+			})
+		})
+	} else {
+		spawn("change feed sweeper", func(ctx context.Context) error { return relay.RunSweeper(ctx, state.KeyStreamPrefix) })
+	}
 	stateSvc, err := state.New(stateCfg, state.Deps{Backend: stateBackend, Journal: store, Locks: lockSvc, Clock: clock,
-		Logger: logger, Registerer: reg, OnAppend: notify, OnStream: func(stream string) {
+		Logger: logger, Registerer: reg, OnAppend: stateAppended, OnStream: func(stream string) {
 			if err := relay.Own(stream); err != nil {
 				logger.Error("the change feed cannot follow an eventual log", "stream", stream, "err", err)
 			}
