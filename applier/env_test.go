@@ -25,14 +25,14 @@ func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, ni
 
 // siteDB is the test's own database (the same name at both sites) on one site's MariaDB.
 type siteDB struct {
-	t    *testing.T
+	t    testing.TB
 	site string
 	addr string
 	db   string
 	conn *client.Conn
 }
 
-func openSite(t *testing.T, site, addr, db string) *siteDB {
+func openSite(t testing.TB, site, addr, db string) *siteDB {
 	t.Helper()
 	conn, err := client.Connect(addr, testenv.MariaDBUser, testenv.MariaDBPassword, "")
 	if err != nil {
@@ -107,7 +107,7 @@ func (s *siteDB) count(q string) int {
 }
 
 // startCapture runs a real binlog capture of s's database into store, notifying onAppend.
-func startCapture(t *testing.T, s *siteDB, store journal.Store, onAppend func(string, uint64)) string {
+func startCapture(t testing.TB, s *siteDB, store journal.Store, onAppend func(string, uint64)) string {
 	t.Helper()
 	src := binlog.SourceConfig{
 		Name: "src", Addr: s.addr, User: testenv.MariaDBUser, Password: testenv.MariaDBPassword,
@@ -132,7 +132,7 @@ func startCapture(t *testing.T, s *siteDB, store journal.Store, onAppend func(st
 	return c.Stream()
 }
 
-func openJournal(t *testing.T) journal.Store {
+func openJournal(t testing.TB) journal.Store {
 	t.Helper()
 	store, err := journal.OpenEmbedded(filepath.Join(t.TempDir(), "journal"), discard())
 	if err != nil {
@@ -144,7 +144,7 @@ func openJournal(t *testing.T) journal.Store {
 
 // running is an applier run in the background.
 type running struct {
-	t      *testing.T
+	t      testing.TB
 	a      *Applier
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
@@ -154,7 +154,7 @@ type running struct {
 }
 
 // testConfig is an applier config into s with a meta database of the test's own.
-func testConfig(t *testing.T, s *siteDB, streams ...string) Config {
+func testConfig(t testing.TB, s *siteDB, streams ...string) Config {
 	meta := testenv.UniqueName("apl_meta_")
 	t.Cleanup(func() {
 		if c, err := client.Connect(s.addr, testenv.MariaDBUser, testenv.MariaDBPassword, ""); err == nil {
@@ -170,7 +170,7 @@ func testConfig(t *testing.T, s *siteDB, streams ...string) Config {
 	}
 }
 
-func startApplier(t *testing.T, cfg Config, store journal.Store, hook func(*running, string, uint64)) *running {
+func startApplier(t testing.TB, cfg Config, store journal.Store, hook func(*running, string, uint64)) *running {
 	t.Helper()
 	r := &running{t: t, reg: prometheus.NewRegistry(), done: make(chan struct{})}
 	cfg.OnConflict = func(c Conflict) {

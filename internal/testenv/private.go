@@ -17,15 +17,15 @@ import (
 // ports of its own, so that a test can kill, stop and restart it without disturbing the shared
 // servers other packages are testing against. It is stopped and removed when the test ends.
 type Private struct {
-	Service string // cassandra, zookeeper, nats, mariadb-a
+	Service string // cassandra, zookeeper, nats, mariadb-a, mariadb-b
 	Addr    string // host:port of its client port
 	dir     string
 	env     []string
 }
 
-// StartPrivate starts a private instance of service (cassandra, zookeeper, nats or mariadb-a) and
-// waits until it is ready. Extra environment (e.g. MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC=batch) is
-// passed to the scripts.
+// StartPrivate starts a private instance of service (cassandra, zookeeper, nats, mariadb-a or
+// mariadb-b) and waits until it is ready. Extra environment (e.g.
+// MUSIC_DEV_CASSANDRA_COMMITLOG_SYNC=batch) is passed to the scripts.
 func StartPrivate(t testing.TB, service string, extraEnv ...string) *Private {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "musicd-private-"+service+"-")
@@ -67,6 +67,9 @@ func StartPrivate(t testing.TB, service string, extraEnv ...string) *Private {
 		case "mariadb-a":
 			port = freePort(t)
 			p.env = append(p.env, "MUSIC_DEV_MARIADB_A_PORT="+port)
+		case "mariadb-b": // server id 2, GTID domain 2: a replica of a private mariadb-a can be one
+			port = freePort(t)
+			p.env = append(p.env, "MUSIC_DEV_MARIADB_B_PORT="+port)
 		default:
 			t.Fatalf("StartPrivate: unknown service %q", service)
 		}
