@@ -208,6 +208,7 @@ type worker struct {
 	pos      uint64 // last applied seq, as committed in the target; valid when conn != nil
 	replay   bool   // the next transaction may be a replay of one applied before a crash (DDL)
 	syncedTx string // the transaction applied again after waiting for the local streams
+	slowTx   bool   // apply entry by entry until the next commit (a run was refused: batch.go)
 	lastWall int64
 	lastLog  time.Time
 
@@ -347,22 +348,52 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 		if len(es) == 0 {
 			break // the rest is not visible yet: waited for, never skipped
 		}
+		// Row entries of one transaction are gathered into a run (batch.go) and applied together
+		// before anything else is: a non-row entry, the transaction's end, the read's end.
+		var run []*journal.Entry
+		// failed handles an error of an entry or a run: it reports whether step should return.
+		failed := func(e *journal.Entry, err error) (bool, error) {
+			switch {
+			case errors.Is(err, errNeedLocal):
+				// A conflict with a row written here whose clock is not stamped yet: stamp
+				// the local streams up to their heads, outside any lock, then apply the
+				// transaction again (once; a clock still missing then counts as oldest).
+				tx.rollback(w)
+				w.a.waitLocal(ctx)
+				w.syncedTx = e.Tx.ID
+				return true, nil
+			case errors.Is(err, errRunRefused) || len(run) > 0 && !transient(err) && !errors.Is(err, ErrStopped):
+				// Apply the transaction again entry by entry: that names the refused entry.
+				tx.rollback(w)
+				w.slowTx = true
+				return true, nil
+			}
+			return progressed, err
+		}
+		flushRun := func() error {
+			if len(run) == 0 {
+				return nil
+			}
+			err := w.applyRun(tx, run)
+			if err == nil {
+				run = run[:0]
+			}
+			return err
+		}
 		for i := range es {
 			e := &es[i]
 			if ctx.Err() != nil {
 				return progressed, nil
 			}
-			if err := w.entry(tx, e); err != nil {
-				if errors.Is(err, errNeedLocal) {
-					// A conflict with a row written here whose clock is not stamped yet: stamp
-					// the local streams up to their heads, outside any lock, then apply the
-					// transaction again (once; a clock still missing then counts as oldest).
-					tx.rollback(w)
-					w.a.waitLocal(ctx)
-					w.syncedTx = e.Tx.ID
-					return true, nil
+			if w.batchable(e) {
+				run = append(run, e)
+			} else {
+				if err := flushRun(); err != nil {
+					return failed(run[0], err)
 				}
-				return progressed, err
+				if err := w.entry(tx, e); err != nil {
+					return failed(e, err)
+				}
 			}
 			if w.a.testHook != nil {
 				w.a.testHook(w.stream, e.Seq)
@@ -370,6 +401,9 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 			next = e.Seq + 1
 			if !e.Tx.Last {
 				continue
+			}
+			if err := flushRun(); err != nil {
+				return failed(run[0], err)
 			}
 			if tx.open {
 				if err := w.commit(tx, e); err != nil {
@@ -380,6 +414,9 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 			} else {
 				pending = e
 			}
+		}
+		if err := flushRun(); err != nil {
+			return failed(run[0], err)
 		}
 	}
 	if pending != nil && !tx.open {
@@ -446,7 +483,7 @@ func (w *worker) commit(tx *txState, last *journal.Entry) error {
 }
 
 func (w *worker) advance(last *journal.Entry) {
-	w.pos, w.replay, w.lastWall, w.syncedTx = last.Seq, false, last.HLC.Wall, ""
+	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx = last.Seq, false, last.HLC.Wall, "", false
 	w.setApplied(last.Seq)
 	w.mu.Lock()
 	head := w.mu.head

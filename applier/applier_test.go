@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -34,20 +35,28 @@ const typesRow = `(1, 255, -9223372036854775808, 18446744073709551615,
 	'2024-02-29', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.123456', '-838:59:59.000', 2155,
 	'ünïcødé ✓ 😀', 'café €', X'00010200', X'deadbeef00', 'green', 'a,c,d', '{"k": [1, 2.5]}', NULL)`
 
-// A change committed at site a appears in site b: the table's DDL, every type exactly, inserts,
-// updates (including one of the primary key) and deletes in multi-row transactions, each source
-// transaction as one target transaction.
-func TestApplyEndToEnd(t *testing.T) {
-	db := testenv.UniqueName("apl_")
-	a := openSite(t, "a", testenv.MariaDBA(t), db)
-	b := openSite(t, "b", testenv.MariaDBB(t), db)
-	store := openJournal(t)
-	var notify atomic.Pointer[Applier]
-	stream := startCapture(t, a, store, func(s string, seq uint64) {
+// captureAtoB opens the test's database at sites a and b and an embedded journal, and runs a
+// capture of a into it; the applier stored in notify (once there is one) is notified of appends.
+func captureAtoB(t *testing.T) (db string, a, b *siteDB, store journal.Store, stream string, notify *atomic.Pointer[Applier]) {
+	t.Helper()
+	db = testenv.UniqueName("apl_")
+	a = openSite(t, "a", testenv.MariaDBA(t), db)
+	b = openSite(t, "b", testenv.MariaDBB(t), db)
+	store = openJournal(t)
+	notify = &atomic.Pointer[Applier]{}
+	stream = startCapture(t, a, store, func(s string, seq uint64) {
 		if ap := notify.Load(); ap != nil {
 			ap.Notify(s, seq)
 		}
 	})
+	return db, a, b, store, stream, notify
+}
+
+// A change committed at site a appears in site b: the table's DDL, every type exactly, inserts,
+// updates (including one of the primary key) and deletes in multi-row transactions, each source
+// transaction as one target transaction.
+func TestApplyEndToEnd(t *testing.T) {
+	db, a, b, store, stream, notify := captureAtoB(t)
 
 	// While the applier is paused inside a transaction, the target shows none of it.
 	paused, resume := make(chan uint64, 1), make(chan struct{})
@@ -388,4 +397,85 @@ func TestConflictLastWriterWinsAtBothSites(t *testing.T) {
 	if n := len(waitJournaled(t, store, streamA, "t", 2)); n != 2 {
 		t.Errorf("site a's stream has %d entries of t, want its own 2", n)
 	}
+}
+
+// Transactions applied in runs (batch.go): large ones (more rows than a run or a statement holds)
+// with inserts, updates and deletes; rows touched twice in one transaction (insert then update,
+// delete then insert, a key changed and its new key changed again); a two-column key; and a
+// transaction whose batched statement the target refuses, applied again entry by entry and
+// dead-lettered there, with later rows still applied. Both sites end identical, without
+// conflicts.
+func TestBatchedRuns(t *testing.T) {
+	db, a, b, store, stream, notify := captureAtoB(t)
+	cfg := testConfig(t, b, stream)
+	cfg.BatchEntries = 500
+	cfg.OnError = OnErrorDeadLtr
+	app := startApplier(t, cfg, store, nil)
+	notify.Store(app.a)
+
+	for _, s := range []*siteDB{a, b} { // created at both, so that b's column can be narrower
+		s.exec("SET SESSION sql_log_bin = 0")
+		s.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20), n INT)")
+		s.exec("CREATE TABLE " + db + ".k (a INT, b VARCHAR(10), v TEXT, PRIMARY KEY (a, b))")
+		s.exec("SET SESSION sql_log_bin = 1")
+	}
+	b.exec("ALTER TABLE " + db + ".t MODIFY v VARCHAR(5)") // b refuses longer values
+
+	var big []string
+	for i := 1; i <= 300; i++ {
+		big = append(big, fmt.Sprintf("INSERT INTO %s.t VALUES (%d, 'r%d', %d)", db, i, i, i))
+	}
+	a.tx(big...)
+	a.tx("UPDATE "+db+".t SET n = n * 2 WHERE id <= 200", "DELETE FROM "+db+".t WHERE id > 250")
+	a.tx(
+		"INSERT INTO "+db+".t VALUES (1000, 'new', 1)", "UPDATE "+db+".t SET n = 2 WHERE id = 1000",
+		"DELETE FROM "+db+".t WHERE id = 5", "INSERT INTO "+db+".t VALUES (5, 'again', 5)",
+		"UPDATE "+db+".t SET id = 2001 WHERE id = 6", "UPDATE "+db+".t SET id = 2002 WHERE id = 2001",
+		"INSERT INTO "+db+".k VALUES (1, 'x', 'one'), (1, 'y', 'two'), (2, 'x', 'three')",
+		"UPDATE "+db+".k SET v = 'ONE' WHERE a = 1 AND b = 'x'", "DELETE FROM "+db+".k WHERE a = 2",
+	)
+	// Refused at b (too long for its column): dead-lettered; the other rows of the transaction go in.
+	a.tx("INSERT INTO "+db+".t VALUES (3000, 'ok', 1)", "INSERT INTO "+db+".t VALUES (3001, 'too long here', 1)")
+	a.tx("INSERT INTO " + db + ".t VALUES (3002, 'after', 1)")
+	waitJournaled(t, store, stream, "t", 300+250+6+3)
+	app.waitApplied(store, stream)
+
+	want := a.dump("SELECT id, v, n FROM " + db + ".t WHERE id <> 3001 ORDER BY id")
+	if got := b.dump("SELECT id, v, n FROM " + db + ".t ORDER BY id"); got != want {
+		t.Errorf("site b rows differ from site a's (but 3001):\n%s", diffLines(want, got))
+	}
+	if ga, gb := a.dump("SELECT * FROM "+db+".k ORDER BY a, b"), b.dump("SELECT * FROM "+db+".k ORDER BY a, b"); ga != gb {
+		t.Errorf("two-column keys: site a\n%s\nsite b\n%s", ga, gb)
+	}
+	if n := b.count("SELECT COUNT(*) FROM " + cfg.MetaDatabase + ".dead_letters WHERE reason = 'error'"); n != 1 {
+		t.Errorf("%d dead letters, want 1 (row 3001)", n)
+	}
+	if c := app.conflicts(); len(c) != 0 {
+		t.Errorf("conflicts: %+v", c)
+	}
+}
+
+// diffLines lists the lines of want missing from got and those of got not in want.
+func diffLines(want, got string) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	w, g := in(want), in(got)
+	var out []string
+	for l := range w {
+		if !g[l] {
+			out = append(out, "missing: "+l)
+		}
+	}
+	for l := range g {
+		if !w[l] {
+			out = append(out, "extra:   "+l)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out[:min(20, len(out))], "\n")
 }
