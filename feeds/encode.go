@@ -29,7 +29,8 @@ func appendEnvelope(b []byte, e *journal.Entry, site string, truncated bool) []b
 	b = row(b, e.Key)
 	b = append(b, `,"op":`...)
 	b = appendJSONString(b, OpCode(e.Op))
-	ts := strconv.AppendInt(nil, e.HLC.Wall/1e6, 10)
+	var tsb [20]byte
+	ts := strconv.AppendInt(tsb[:0], e.HLC.Wall/1e6, 10)
 	b = append(b, `,"ts_ms":`...)
 	b = append(b, ts...)
 	b = append(b, `,"source":{"version":"`+EnvelopeVersion+`","connector":"musicd","site":`...)
@@ -120,6 +121,16 @@ func appendRow(b []byte, r journal.Row) []byte {
 	return append(b, '}')
 }
 
+// plainJSON[c] reports whether byte c stands for itself inside a JSON string as encoding/json
+// writes it: ASCII from 0x20 on, except '"', '\\' and the HTML-unsafe '<', '>' and '&'. Bytes from
+// 0x80 on are false: they take the UTF-8 path.
+var plainJSON = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // appendJSONString appends s as a JSON string the way encoding/json does: HTML-safe (<, > and &
 // escaped), U+2028 and U+2029 escaped, invalid UTF-8 replaced by U+FFFD.
 func appendJSONString(b []byte, s string) []byte {
@@ -127,11 +138,11 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		if plainJSON[s[i]] { // most bytes: copied below with the run they belong to
+			i++
+			continue
+		}
 		if c := s[i]; c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-				i++
-				continue
-			}
 			b = append(b, s[start:i]...)
 			switch c {
 			case '"', '\\':

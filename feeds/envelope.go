@@ -218,35 +218,137 @@ func MsgID(stream string, seq uint64, run string) string {
 // buildMsg returns the NATS message of e. When the message would exceed maxPayload (0: no limit),
 // the images are left out and the envelope marked truncated.
 func buildMsg(subjects Subjects, e *journal.Entry, site, run string, maxPayload int64) (*nats.Msg, error) {
+	b := newMsgBuilder(subjects, site, maxPayload)
+	b.expect(1)
+	return b.build(e, run)
+}
+
+// msgBuilder builds messages as buildMsg describes. The relay builds every message it publishes
+// with one builder per turn, told how many messages are coming (expect), so that it allocates
+// for many at a time: bodies are cut from shared buffers, messages and header values come from
+// arrays, and a subject is reused while entries stay on one table and op. The header values of
+// a message share one string (the seq is part of the message id). Allocation and the garbage
+// collection it causes were most of the relay's own CPU time. A message, once returned, is
+// never changed by the builder again. Not safe for concurrent use.
+type msgBuilder struct {
+	subjects   Subjects
+	site       string
+	maxPayload int64 // 0: no limit
+
+	ahead   int        // messages expected from now on, this one included
+	bodyLen int        // length of the last body: the estimate for the next ones
+	buf     []byte     // unused rest of the current body buffer (len 0)
+	vals    []string   // unused header values
+	msgs    []nats.Msg // unused messages
+
+	lastKey     subjectKey // subject of the last entry, the most likely for the next
+	lastSubject string
+	subject     map[subjectKey]string // subjects seen before (bounded)
+}
+
+func newMsgBuilder(subjects Subjects, site string, maxPayload int64) *msgBuilder {
+	return &msgBuilder{subjects: subjects, site: site, maxPayload: maxPayload, bodyLen: 512}
+}
+
+type subjectKey struct {
+	database, table string
+	op              journal.Op
+}
+
+const (
+	maxBodyChunk  = 64 << 10 // largest body buffer allocated at a time
+	maxBatch      = 64       // most messages (and their header values) allocated at a time
+	maxSubjects   = 256      // subjects kept for reuse
+	headerKeysLen = len(nats.MsgIdHdr) + len(HeaderStream) + len(HeaderSeq) + len(HeaderOrigin)
+)
+
+// expect tells b that n more messages are coming (a hint).
+func (b *msgBuilder) expect(n int) { b.ahead = n }
+
+func (b *msgBuilder) changes(e *journal.Entry) string {
+	k := subjectKey{e.Database, e.Table, e.Op}
+	if k == b.lastKey && b.lastSubject != "" {
+		return b.lastSubject
+	}
+	s, ok := b.subject[k]
+	if !ok {
+		s = b.subjects.Changes(e.Database, e.Table, e.Op)
+		if b.lastSubject != "" { // a second subject: keep them
+			if b.subject == nil || len(b.subject) >= maxSubjects {
+				b.subject = make(map[subjectKey]string)
+			}
+			b.subject[k] = s
+		}
+	}
+	b.lastKey, b.lastSubject = k, s
+	return s
+}
+
+// body returns the envelope of e, with capacity = length.
+func (b *msgBuilder) body(e *journal.Entry, truncated bool) []byte {
+	if cap(b.buf) < b.bodyLen {
+		b.buf = make([]byte, 0, min(maxBodyChunk, max(1, b.ahead)*(b.bodyLen+b.bodyLen/4)))
+	}
+	data := appendEnvelope(b.buf, e, b.site, truncated)
+	b.bodyLen = len(data)
+	switch {
+	case len(data) <= cap(b.buf): // written in place: the rest of the buffer is for the next
+		b.buf = b.buf[len(data):len(data)]
+	case len(data) < maxBodyChunk/4: // did not fit in the rest (append gave it a buffer of its own)
+		b.buf = nil
+	} // else: a large body, with a buffer of its own; the rest is for the next
+	return data[:len(data):len(data)]
+}
+
+func (b *msgBuilder) build(e *journal.Entry, run string) (*nats.Msg, error) {
 	origin := e.Origin
 	if origin == "" {
-		origin = site
+		origin = b.site
 	}
-	data := appendEnvelope(make([]byte, 0, 512), e, site, false)
-	m := &nats.Msg{Subject: subjects.Changes(e.Database, e.Table, e.Op), Header: nats.Header{
-		nats.MsgIdHdr: {MsgID(e.Stream, e.Seq, run)},
-		HeaderStream:  {e.Stream},
-		HeaderSeq:     {strconv.FormatUint(e.Seq, 10)},
-		HeaderOrigin:  {origin},
-	}}
-	if maxPayload > 0 && int64(len(data)+headerSize(m)) > maxPayload {
-		data = appendEnvelope(data[:0], e, site, true)
-		if int64(len(data)+headerSize(m)) > maxPayload {
-			return nil, fmt.Errorf("stream %s seq %d: message of %d bytes even without images (max payload %d)", e.Stream, e.Seq, len(data), maxPayload)
+	// One string holds the message id, MsgID(e.Stream, e.Seq, run), and the seq within it.
+	var idb [128]byte
+	id := append(idb[:0], e.Stream...)
+	id = append(id, ':')
+	seqAt := len(id)
+	id = strconv.AppendUint(id, e.Seq, 10)
+	seqEnd := len(id)
+	if run != "" {
+		id = append(id, ':')
+		id = append(id, run...)
+	}
+	ids := string(id)
+
+	n := min(maxBatch, max(1, b.ahead))
+	b.ahead--
+	if len(b.vals) < 4 {
+		b.vals = make([]string, 4*n)
+	}
+	v := b.vals[:4:4]
+	b.vals = b.vals[4:]
+	v[0], v[1], v[2], v[3] = ids, e.Stream, ids[seqAt:seqEnd], origin
+	if len(b.msgs) == 0 {
+		b.msgs = make([]nats.Msg, n)
+	}
+	m := &b.msgs[0]
+	b.msgs = b.msgs[1:]
+	m.Subject = b.changes(e)
+	m.Header = nats.Header{
+		nats.MsgIdHdr: v[0:1:1],
+		HeaderStream:  v[1:2:2],
+		HeaderSeq:     v[2:3:3],
+		HeaderOrigin:  v[3:4:4],
+	}
+	// "NATS/1.0\r\n", "<key>: <value>\r\n" per header, and the final "\r\n"
+	hdrSize := 10 + headerKeysLen + 4*4 + len(v[0]) + len(v[1]) + len(v[2]) + len(v[3]) + 2
+	data := b.body(e, false)
+	if b.maxPayload > 0 && int64(len(data)+hdrSize) > b.maxPayload {
+		data = b.body(e, true)
+		if int64(len(data)+hdrSize) > b.maxPayload {
+			return nil, fmt.Errorf("stream %s seq %d: message of %d bytes even without images (max payload %d)", e.Stream, e.Seq, len(data), b.maxPayload)
 		}
 	}
 	m.Data = data
 	return m, nil
-}
-
-func headerSize(m *nats.Msg) int {
-	n := 16 // "NATS/1.0\r\n" and the final "\r\n"
-	for k, vs := range m.Header {
-		for _, v := range vs {
-			n += len(k) + len(v) + 4
-		}
-	}
-	return n
 }
 
 // DecodeEnvelope parses a change-feed message body. Numbers in Before, After and Key stay

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -188,6 +190,149 @@ func TestEnvelopeTruncated(t *testing.T) {
 	if !env.Truncated || string(env.After) != "null" || env.Source.Seq != 42 || len(m.Data) > 4096 {
 		t.Errorf("truncated envelope of %d bytes: %s", len(m.Data), m.Data)
 	}
+}
+
+// appendJSONString writes what encoding/json writes for every byte, alone and between others,
+// and for the runes it treats apart.
+func TestJSONStringMatchesEncodingJSON(t *testing.T) {
+	var cases []string
+	for c := 0; c < 256; c++ {
+		cases = append(cases, string([]byte{byte(c)}), "ab"+string([]byte{byte(c)})+"cd")
+	}
+	cases = append(cases, "", "plain text", "\u2028\u2029", "a\u2028b", "é✓\U0001F600", "\xe2\x80", "\xe2\x80\xa8x", "\xff\xfe",
+		"<a href=\"x\">&amp;</a>", strings.Repeat("n", 200), "tab\tnl\ncr\rbs\bff\f\x00\x1f\x7f")
+	for _, s := range cases {
+		checkJSONString(t, s)
+	}
+}
+
+func checkJSONString(t *testing.T, s string) {
+	t.Helper()
+	want, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := appendJSONString([]byte("x"), s); !bytes.Equal(got[1:], want) || got[0] != 'x' {
+		t.Fatalf("appendJSONString(%q) = %s, encoding/json: %s", s, got[1:], want)
+	}
+}
+
+func FuzzJSONString(f *testing.F) {
+	for _, s := range []string{"", "a\"b\\c", "<>&", "\u2028", "\xff", "é\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(checkJSONString)
+}
+
+// referenceMsg is the message of e built the plain way, with a map of header values of their
+// own, as buildMsg was first written: the builder must produce exactly this.
+func referenceMsg(subjects Subjects, e *journal.Entry, site, run string, maxPayload int64) (*nats.Msg, error) {
+	origin := e.Origin
+	if origin == "" {
+		origin = site
+	}
+	data := appendEnvelope(nil, e, site, false)
+	m := &nats.Msg{Subject: subjects.Changes(e.Database, e.Table, e.Op), Header: nats.Header{
+		nats.MsgIdHdr: {MsgID(e.Stream, e.Seq, run)},
+		HeaderStream:  {e.Stream},
+		HeaderSeq:     {strconv.FormatUint(e.Seq, 10)},
+		HeaderOrigin:  {origin},
+	}}
+	if maxPayload > 0 && int64(len(data)+headerSize(m)) > maxPayload {
+		data = appendEnvelope(nil, e, site, true)
+		if int64(len(data)+headerSize(m)) > maxPayload {
+			return nil, fmt.Errorf("too big")
+		}
+	}
+	m.Data = data
+	return m, nil
+}
+
+// headerSize is the size of m's headers in the NATS protocol, as nats.go writes them.
+func headerSize(m *nats.Msg) int {
+	n := len("NATS/1.0\r\n") + len("\r\n")
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(": ") + len(v) + len("\r\n")
+		}
+	}
+	return n
+}
+
+// The relay's builder, shared by many entries, and buildMsg build the reference message of every
+// entry, each unchanged by the ones built after it: truncated ones, ones at the payload limit and
+// ones larger than the builder's buffers included.
+func TestMsgBuilderMatchesReference(t *testing.T) {
+	subjects := Subjects{Prefix: "music"}
+	var es []journal.Entry
+	for i := 0; i < 600; i++ {
+		e := fullEntry()
+		e.Seq = uint64(i + 1)
+		e.Table = []string{"orders", "lines", "my.table"}[i%3]
+		e.Op = []journal.Op{journal.OpInsert, journal.OpUpdate, journal.OpDelete, journal.OpPut, journal.OpMark}[i%5]
+		switch {
+		case i%7 == 0:
+			e.Origin = "" // the site's
+		case i%50 == 1:
+			e.After = append(e.After, journal.Field{Name: "big", Value: journal.String(strings.Repeat("x", 5000))})
+		case i%50 == 2:
+			e.After = append(e.After, journal.Field{Name: "big", Value: journal.String(strings.Repeat("y", 3000))})
+		case i%200 == 3:
+			e.After = append(e.After, journal.Field{Name: "huge", Value: journal.String(strings.Repeat("z", 40000))})
+		}
+		es = append(es, e)
+	}
+	run := func(i int) string {
+		if i%4 == 0 {
+			return "r1"
+		}
+		return ""
+	}
+	// Limits that fall exactly at the size of some messages, with and without their images.
+	full, _ := referenceMsg(subjects, &es[5], "here", run(5), 0)
+	fullSize := int64(len(full.Data) + headerSize(full))
+	truncSize := int64(len(appendEnvelope(nil, &es[5], "here", true)) + headerSize(full))
+	for _, maxPayload := range []int64{0, 4096, 1 << 20, fullSize, fullSize - 1, truncSize, truncSize - 1} {
+		b := newMsgBuilder(subjects, "here", maxPayload)
+		b.expect(len(es) / 2) // and more than announced
+		var built []*nats.Msg
+		var seqs []int
+		for i := range es {
+			want, werr := referenceMsg(subjects, &es[i], "here", run(i), maxPayload)
+			for _, got := range []func() (*nats.Msg, error){
+				func() (*nats.Msg, error) { return b.build(&es[i], run(i)) },
+				func() (*nats.Msg, error) { return buildMsg(subjects, &es[i], "here", run(i), maxPayload) },
+			} {
+				m, err := got()
+				if (err == nil) != (werr == nil) {
+					t.Fatalf("entry %d, max payload %d: error %v, want %v", i, maxPayload, err, werr)
+				}
+				if err == nil && !msgsEqual(m, want) {
+					t.Fatalf("entry %d, max payload %d:\n got %+v\nwant %+v", i, maxPayload, m, want)
+				}
+				if err == nil {
+					built, seqs = append(built, m), append(seqs, i)
+				}
+			}
+		}
+		for k, m := range built {
+			if want, _ := referenceMsg(subjects, &es[seqs[k]], "here", run(seqs[k]), maxPayload); !msgsEqual(m, want) {
+				t.Fatalf("entry %d changed after later builds", seqs[k])
+			}
+		}
+	}
+}
+
+func msgsEqual(a, b *nats.Msg) bool {
+	if a.Subject != b.Subject || a.Reply != b.Reply || !bytes.Equal(a.Data, b.Data) || len(a.Header) != len(b.Header) {
+		return false
+	}
+	for k, vs := range b.Header {
+		if len(a.Header[k]) != len(vs) || len(vs) != 1 || a.Header[k][0] != vs[0] {
+			return false
+		}
+	}
+	return true
 }
 
 func TestOpCodes(t *testing.T) {

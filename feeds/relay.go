@@ -496,6 +496,11 @@ func (r *Relay) publishOne(ctx context.Context, msg *nats.Msg) (*jetstream.PubAc
 
 func waitAck(ctx context.Context, paf jetstream.PubAckFuture) (*jetstream.PubAck, error) {
 	select {
+	case ack := <-paf.Ok(): // usually there already: then the error channel is never made
+		return ack, nil
+	default:
+	}
+	select {
 	case ack := <-paf.Ok():
 		return ack, nil
 	case err := <-paf.Err():
@@ -528,9 +533,9 @@ type prepared struct {
 // for seqs up to repairUntil), at most budget of them, sending batches on out, which it closes
 // when done. It runs in its own goroutine, owned by turn, so that journal reads and encoding
 // overlap with publishing; it stops when ctx ends.
-func (r *Relay) prepare(ctx context.Context, stream string, from uint64, run string, repairUntil uint64, budget int, out chan<- prepared) {
+func (r *Relay) prepare(ctx context.Context, stream string, from uint64, run string, repairUntil uint64, budget int, maxPayload int64, out chan<- prepared) {
 	defer close(out)
-	maxPayload := r.nc.MaxPayload()
+	mb := newMsgBuilder(r.subjects, r.site, maxPayload)
 	for budget > 0 {
 		es, err := r.store.Read(ctx, stream, from, min(r.cfg.ReadBatch, budget))
 		if err != nil {
@@ -538,12 +543,13 @@ func (r *Relay) prepare(ctx context.Context, stream string, from uint64, run str
 		}
 		p := prepared{last: len(es) < min(r.cfg.ReadBatch, budget) && err == nil, err: err,
 			seqs: make([]uint64, 0, len(es)), msgs: make([]*nats.Msg, 0, len(es))}
+		mb.expect(len(es))
 		for i := range es {
 			id := ""
 			if es[i].Seq <= repairUntil {
 				id = run
 			}
-			m, err := buildMsg(r.subjects, &es[i], r.site, id, maxPayload)
+			m, err := mb.build(&es[i], id)
 			if err != nil {
 				p.err = err
 				break
@@ -577,7 +583,7 @@ func (r *Relay) turn(ctx context.Context, st *streamState) error {
 	budget := 16 * max(r.cfg.MaxInFlight, r.cfg.ReadBatch)
 	pctx, stop := context.WithCancel(ctx)
 	batches := make(chan prepared, 2)
-	go r.prepare(pctx, st.name, st.next, st.run, st.repairUntil, budget, batches)
+	go r.prepare(pctx, st.name, st.next, st.run, st.repairUntil, budget, r.nc.MaxPayload(), batches)
 	defer func() {
 		stop()
 		for range batches { // wait until prepare has returned

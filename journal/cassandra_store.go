@@ -366,8 +366,9 @@ func (s *CassandraStore) Read(ctx context.Context, stream string, from uint64, m
 		return nil, err
 	}
 	out := make([]Entry, len(raw))
+	dec := newDecoder()
 	for i, data := range raw {
-		if out[i], err = DecodeEntry(data); err != nil {
+		if out[i], err = dec.decode(data); err != nil {
 			return nil, fmt.Errorf("journal: stream %s seq %d: %w", stream, from+uint64(i), err)
 		}
 		if out[i].Seq != from+uint64(i) {

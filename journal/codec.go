@@ -162,7 +162,39 @@ func appendRow(b []byte, num protowire.Number, r Row) []byte {
 }
 
 // DecodeEntry decodes an encoded entry. Byte slices in the result are copies: data may be reused.
-func DecodeEntry(data []byte) (Entry, error) {
+func DecodeEntry(data []byte) (Entry, error) { return (*decoder)(nil).decode(data) }
+
+// decoder decodes entries as DecodeEntry does. A non-nil decoder shares among the entries it
+// decodes one copy of each short name that recurs from entry to entry (stream, origin, database,
+// table, binlog file, column names), so that a Read of many entries does not allocate them again
+// for every entry. Not safe for concurrent use.
+type decoder struct {
+	names map[string]string
+}
+
+const (
+	maxInternLen   = 64  // longer strings are not shared
+	maxInternNames = 256 // names kept per decoder
+)
+
+func newDecoder() *decoder { return &decoder{names: make(map[string]string)} }
+
+// name returns raw as a string, shared with earlier calls for the same bytes.
+func (d *decoder) name(raw []byte) string {
+	if d == nil || len(raw) == 0 || len(raw) > maxInternLen {
+		return string(raw)
+	}
+	if s, ok := d.names[string(raw)]; ok { // no allocation for the lookup
+		return s
+	}
+	s := string(raw)
+	if len(d.names) < maxInternNames {
+		d.names[s] = s
+	}
+	return s
+}
+
+func (d *decoder) decode(data []byte) (Entry, error) {
 	var e Entry
 	if len(data) == 0 {
 		return e, fmt.Errorf("%w: empty", ErrCorrupt)
@@ -173,7 +205,7 @@ func DecodeEntry(data []byte) (Entry, error) {
 	err := walk(data[1:], func(num protowire.Number, typ protowire.Type, v uint64, raw []byte) error {
 		switch num {
 		case fStream:
-			e.Stream = string(raw)
+			e.Stream = d.name(raw)
 		case fSeq:
 			e.Seq = v
 		case fEpoch:
@@ -186,11 +218,11 @@ func DecodeEntry(data []byte) (Entry, error) {
 			}
 			e.HLC.Logical = uint32(v)
 		case fOrigin:
-			e.Origin = string(raw)
+			e.Origin = d.name(raw)
 		case fGTID:
 			e.Source.GTID = string(raw)
 		case fFile:
-			e.Source.File = string(raw)
+			e.Source.File = d.name(raw)
 		case fPos:
 			e.Source.Pos = v
 		case fRequestID:
@@ -211,11 +243,11 @@ func DecodeEntry(data []byte) (Entry, error) {
 			}
 			e.Op = Op(v)
 		case fDatabase:
-			e.Database = string(raw)
+			e.Database = d.name(raw)
 		case fTable:
-			e.Table = string(raw)
+			e.Table = d.name(raw)
 		case fKey, fBefore, fAfter:
-			r, err := decodeRow(raw)
+			r, err := d.decodeRow(raw)
 			if err != nil {
 				return err
 			}
@@ -236,9 +268,9 @@ func DecodeEntry(data []byte) (Entry, error) {
 			if err := walk(raw, func(num protowire.Number, _ protowire.Type, _ uint64, raw []byte) error {
 				switch num {
 				case fColName:
-					c.Name = string(raw)
+					c.Name = d.name(raw)
 				case fColType:
-					c.Type = string(raw)
+					c.Type = d.name(raw)
 				}
 				return nil
 			}); err != nil {
@@ -254,8 +286,8 @@ func DecodeEntry(data []byte) (Entry, error) {
 	return e, nil
 }
 
-func decodeRow(data []byte) (Row, error) {
-	r := Row{}
+func (d *decoder) decodeRow(data []byte) (Row, error) {
+	r := make(Row, 0, countFields(data, fRowField)) // never nil: a present row, even empty
 	err := walk(data, func(num protowire.Number, _ protowire.Type, _ uint64, raw []byte) error {
 		if num != fRowField {
 			return nil
@@ -264,7 +296,7 @@ func decodeRow(data []byte) (Row, error) {
 		err := walk(raw, func(num protowire.Number, _ protowire.Type, v uint64, raw []byte) error {
 			switch num {
 			case fFieldName:
-				f.Name = string(raw)
+				f.Name = d.name(raw)
 			case fFieldKind:
 				if v > uint64(kindMax) {
 					return fmt.Errorf("unknown value kind %d", v)
@@ -287,6 +319,28 @@ func decodeRow(data []byte) (Row, error) {
 		return err
 	})
 	return r, err
+}
+
+// countFields returns how many fields numbered num a message holds (as far as it parses: walk
+// reports the errors).
+func countFields(b []byte, num protowire.Number) int {
+	count := 0
+	for len(b) > 0 {
+		n, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			break
+		}
+		b = b[l:]
+		l = protowire.ConsumeFieldValue(n, typ, b)
+		if l < 0 {
+			break
+		}
+		b = b[l:]
+		if n == num {
+			count++
+		}
+	}
+	return count
 }
 
 // walk calls fn for each field of a message: v holds varint and fixed values, raw the bytes of

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"testing"
@@ -118,5 +119,40 @@ func FuzzDecodeEntry(f *testing.F) {
 		if err != nil || !entriesEqual(again, e) {
 			t.Fatalf("re-encoding changed the entry: %v\n%+v\n%+v", err, e, again)
 		}
+		d := newDecoder() // as Read decodes: names shared with the entries before
+		full := fullEntry()
+		if _, err := d.decode(Encode(&full)); err != nil {
+			t.Fatal(err)
+		}
+		if shared, err := d.decode(b); err != nil || !entriesEqual(shared, e) {
+			t.Fatalf("a shared decoder decodes differently: %v\n%+v\n%+v", err, e, shared)
+		}
 	})
+}
+
+// A decoder shared by the entries of a Read decodes each as DecodeEntry does, also past the
+// number of names it keeps.
+func TestDecoderSharesNames(t *testing.T) {
+	var es []Entry
+	for i := 0; i < 3*maxInternNames; i++ {
+		e := fullEntry()
+		e.Seq = uint64(i + 1)
+		e.Table = fmt.Sprint("t", i%(2*maxInternNames))
+		e.Before = append(e.Before, Field{fmt.Sprint("c", i), Int(int64(i))})
+		es = append(es, e, Entry{Stream: e.Stream, Seq: uint64(i + 1), Op: OpMark})
+	}
+	d := newDecoder()
+	for i := range es {
+		want, err := DecodeEntry(Encode(&es[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.decode(Encode(&es[i]))
+		if err != nil || !entriesEqual(got, want) || !entriesEqual(got, es[i]) {
+			t.Fatalf("entry %d: %v\n got %+v\nwant %+v", i, err, got, want)
+		}
+	}
+	if len(d.names) > maxInternNames {
+		t.Errorf("decoder keeps %d names, at most %d", len(d.names), maxInternNames)
+	}
 }

@@ -186,8 +186,9 @@ func (s *EmbeddedStore) Read(ctx context.Context, stream string, from uint64, ma
 	defer it.Close()
 	out := make([]Entry, 0, to-from+1)
 	want := from
+	dec := newDecoder()
 	for ok := it.First(); ok; ok = it.Next() {
-		e, err := DecodeEntry(it.Value())
+		e, err := dec.decode(it.Value())
 		if err != nil {
 			return nil, fmt.Errorf("journal: stream %s seq %d: %w", stream, want, err)
 		}
