@@ -65,6 +65,9 @@ const (
 	maxKnownHeads    = 100_000 // heads remembered by this process
 	defaultBucket    = 1024
 	casRetries       = 10
+	// fenceOnEpochAfter: after this many fence attempts lost to appends that moved the head, a
+	// fence conditions on the epoch alone (see fenceLocked).
+	fenceOnEpochAfter = 2
 )
 
 // OpenCassandraStore creates the keyspace (if absent) and the journal's tables, migrating an
@@ -168,7 +171,7 @@ func (s *CassandraStore) fenceLocked(ctx context.Context, stream string, epoch u
 	}
 	lv := s.levelsOf(stream)
 	table := s.headTable(stream)
-	for range casRetries {
+	for try := range casRetries {
 		h, exists, err := s.serialHead(ctx, stream)
 		if err != nil {
 			return Head{}, err
@@ -181,6 +184,28 @@ func (s *CassandraStore) fenceLocked(ctx context.Context, stream string, epoch u
 		}
 		var applied bool
 		prev := map[string]any{}
+		if exists && try >= fenceOnEpochAfter {
+			// Appends of the current epoch keep moving the head between our read and our
+			// transaction: fence on the epoch alone. From then on no append of an older epoch
+			// can commit, so a serial read after it gives the head the fence left.
+			applied, err = s.s.Query(`UPDATE `+s.ks+`.`+table+` SET epoch = ? WHERE stream = ? IF epoch = ?`,
+				int64(epoch), stream, int64(h.Epoch)).
+				WithContext(ctx).Consistency(lv.write).SerialConsistency(lv.serial).MapScanCAS(prev)
+			if err != nil {
+				return Head{}, fmt.Errorf("journal: stream %s: fence to %d: %w", stream, epoch, err)
+			}
+			if !applied {
+				continue
+			}
+			after, _, err := s.serialHead(ctx, stream)
+			if err != nil {
+				return Head{}, err
+			}
+			if after.Epoch != epoch {
+				return after, fmt.Errorf("%w: stream %s: fenced to %d, then to %d by another", ErrFenced, stream, epoch, after.Epoch)
+			}
+			return after, nil
+		}
 		if !exists {
 			if err := s.register(ctx, stream); err != nil {
 				return Head{}, err
