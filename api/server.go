@@ -53,6 +53,9 @@ type Deps struct {
 	// State serves the native REST API (/v1). Nil: every /v1 route but the OpenAPI document
 	// answers 503 unavailable.
 	State State
+	// Status returns the status view served at /status as JSON (an error: 503). Nil: /status
+	// answers 503.
+	Status func(ctx context.Context) (any, error)
 }
 
 // Server is the HTTP server of one musicd instance. Serve and Shutdown may be called from
@@ -148,6 +151,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	route("GET /healthz", "healthz", http.HandlerFunc(s.healthz))
 	route("GET /readyz", "readyz", http.HandlerFunc(s.readyz))
 	route("GET /version", "version", http.HandlerFunc(s.version))
+	route("GET /status", "status", http.HandlerFunc(s.status))
 	route("GET /metrics", "metrics", promhttp.HandlerFor(deps.Registry, promhttp.HandlerOpts{
 		ErrorLog:          slog.NewLogLogger(deps.Logger.Handler(), slog.LevelError),
 		Registry:          deps.Registry,
@@ -229,6 +233,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.http.Close()
 	}
 	return err
+}
+
+// status serves the status view, read within CheckTimeout.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	if s.deps.Status == nil {
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "no status view in this build")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.CheckTimeout)
+	defer cancel()
+	v, err := s.deps.Status(ctx)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

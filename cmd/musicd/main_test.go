@@ -511,6 +511,16 @@ appliers:
 		return strings.Join(out, ",")
 	}
 	testenv.WaitFor(t, 60*time.Second, "site b to hold site a's rows", func() bool { return rows() == "2=TWO,3=three" })
+	// The status view: the source's stream journaled, published and applied to its head.
+	testenv.WaitFor(t, 30*time.Second, "/status to show the stream published and applied", func() bool {
+		st := getStatus(t, base)
+		if len(st.Sources) != 1 || len(st.Appliers) != 1 || len(st.Appliers[0].Streams) != 1 || st.Mode != "embedded" {
+			t.Fatalf("/status: %+v", st)
+		}
+		src, ap := st.Sources[0], st.Appliers[0].Streams[0]
+		return src.Stream == "binlog/local/a" && src.Head > 0 && src.GTID != "" && src.Published != nil && *src.Published == src.Head &&
+			ap.Stream == src.Stream && ap.Applied == src.Head && ap.Behind == 0 && ap.Error == ""
+	})
 	_, m := get(t, base+"/metrics")
 	if !strings.Contains(m, "music_applier_applied_transactions_total{") {
 		t.Errorf("no applier metrics in /metrics")
@@ -518,4 +528,40 @@ appliers:
 	if exit, _ := d.stop(syscall.SIGTERM, 5*time.Second); exit != 0 {
 		t.Errorf("exit status %d", exit)
 	}
+}
+
+// statusBody is what the tests read of /status.
+type statusBody struct {
+	Mode      string
+	Instance  string
+	Elections []struct {
+		Name, Leader string
+		Epoch        uint64
+		ThisInstance bool `json:"this_instance"`
+	}
+	Sources []struct {
+		Name, Stream string
+		Head         uint64
+		GTID         string  `json:"last_gtid"`
+		Published    *uint64 `json:"published"`
+	}
+	Appliers []struct {
+		Target  string
+		Streams []struct {
+			Stream                string
+			Applied, Head, Behind uint64
+			Error                 string
+		}
+	}
+	Errors []string
+}
+
+func getStatus(t *testing.T, base string) statusBody {
+	t.Helper()
+	code, body := get(t, base+"/status")
+	var st statusBody
+	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
+		t.Fatalf("/status: %d %v: %s", code, err, body)
+	}
+	return st
 }

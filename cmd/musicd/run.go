@@ -178,6 +178,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	// appends, by the change feed for other sites' streams, and by their own polling.
 	subjects := feeds.Subjects{Prefix: cfg.NATS.Stream.SubjectPrefix}
 	var appliers []*applier.Applier
+	var targets []string
 	for _, ac := range cfg.Appliers {
 		ac.OnConflict = func(c applier.Conflict) {
 			body, err := json.Marshal(c)
@@ -192,7 +193,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		if err != nil {
 			return fmt.Errorf("applier %s: %w", ac.Addr, err)
 		}
-		appliers = append(appliers, a)
+		appliers, targets = append(appliers, a), append(targets, ac.Addr)
 		if elector != nil {
 			election := "applier." + cfg.Site + "." + ac.Addr
 			spawn("applier "+ac.Addr, func(ctx context.Context) error {
@@ -229,11 +230,14 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	}
 	clock := journal.NewClock(time.Now, 0)
 	instance := instanceID(cfg.Site)
+	var captures []*binlog.Capture
+	var sourceNames []string
 	for _, src := range cfg.Sources {
 		checks = append(checks, api.NamedCheck{Name: "source:" + src.Name, Checker: api.CheckFunc(func(ctx context.Context) error {
 			return binlog.Ping(ctx, src)
 		})})
 		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: notify, Metrics: captureMetrics}, store, clock, logger)
+		captures, sourceNames = append(captures, capture), append(sourceNames, src.Name)
 		if elector != nil {
 			// One relay per capture stream among the instances, elected apart from the capture
 			// itself: the stream's backlog is published even while no instance can capture.
@@ -301,7 +305,20 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	}
 	spawn("state", stateSvc.Run)
 
-	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build, State: stateSvc})
+	status := &statusSource{site: cfg.Site, instance: instance, mode: cfg.Mode, store: store, relay: relay,
+		captures: captures, sourceNames: sourceNames, appliers: appliers, targets: targets}
+	if elector != nil {
+		status.observer = lockSvc
+		for _, c := range captures {
+			status.elections = append(status.elections, c.Election(), feeds.RelayElection(c.Stream()))
+		}
+		for _, t := range targets {
+			status.elections = append(status.elections, "applier."+cfg.Site+"."+t)
+		}
+		status.elections = append(status.elections, "feeds.sweeper")
+	}
+	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build, State: stateSvc,
+		Status: status.status})
 	if err != nil {
 		return err
 	}

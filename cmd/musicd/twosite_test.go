@@ -106,11 +106,11 @@ appliers:
 `, site, other, testenv.Cassandra(t), metaKS, testenv.ZooKeeper(t), zkRoot, testenv.NATS(t),
 			addrs[site], testenv.MariaDBUser, testenv.MariaDBPassword, map[string]int{"a": 4201, "b": 4202}[site], db))
 	}
-	daemons := map[string]*daemon{}
+	daemons, bases := map[string]*daemon{}, map[string]string{}
 	start := func(site string) {
 		d := startDaemon(t, "--config", configs[site])
 		base := d.waitServing(60 * time.Second)
-		daemons[site] = d
+		daemons[site], bases[site] = d, base
 		// The capture has started (or resumed) once the relay has published its start mark.
 		testenv.WaitFor(t, 60*time.Second, "site "+site+"'s capture to start", func() bool {
 			_, m := get(t, base+"/metrics")
@@ -172,6 +172,24 @@ appliers:
 		}
 		if !ok {
 			t.Errorf("site %s does not hold the committed rows after the kills:\n%s", site, diffRows(want, got))
+		}
+	}
+	// Each site's daemon leads its site's elections, as /status reports from ZooKeeper.
+	for site, base := range bases {
+		st := getStatus(t, base)
+		led := map[string]bool{}
+		for _, e := range st.Elections {
+			if e.ThisInstance && e.Leader == st.Instance && e.Epoch > 0 {
+				led[e.Name] = true
+			}
+		}
+		for _, name := range []string{"capture." + site + "." + site, "relay.binlog." + site + "." + site, "applier." + site + "." + addrs[site]} {
+			if !led[name] {
+				t.Errorf("site %s: /status does not show this instance leading %s: %+v", site, name, st.Elections)
+			}
+		}
+		if len(st.Sources) != 1 || st.Sources[0].Head == 0 || len(st.Errors) > 0 {
+			t.Errorf("site %s: /status sources %+v, errors %v", site, st.Sources, st.Errors)
 		}
 	}
 	echoMu.Lock()

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/musicd/musicd/applier"
+	"github.com/musicd/musicd/binlog"
+	"github.com/musicd/musicd/feeds"
+	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/locks"
+)
+
+// The status view (GET /status): what a person needs at a glance to see whether a site works and
+// where it lags. Everything in it is read when asked: the journal's heads, the appliers' and the
+// relay's in-memory positions, and in distributed mode each election's leader from ZooKeeper.
+
+type statusView struct {
+	Site      string           `json:"site"`
+	Instance  string           `json:"instance"`
+	Mode      string           `json:"mode"`
+	Time      time.Time        `json:"time"`
+	Elections []electionStatus `json:"elections,omitempty"`
+	Sources   []sourceStatus   `json:"sources"`
+	Appliers  []applierStatus  `json:"appliers"`
+	Errors    []string         `json:"errors,omitempty"` // parts that could not be read
+}
+
+type electionStatus struct {
+	Name         string `json:"name"`
+	Leader       string `json:"leader"` // empty: no leader now
+	Epoch        uint64 `json:"epoch,omitempty"`
+	ThisInstance bool   `json:"this_instance"`
+}
+
+type sourceStatus struct {
+	Name   string `json:"name"`
+	Stream string `json:"stream"`
+	Head   uint64 `json:"head"` // last journaled seq
+	GTID   string `json:"last_gtid,omitempty"`
+	// JournaledAt is the hybrid-clock time of the stream's last entry.
+	JournaledAt *time.Time `json:"journaled_at,omitempty"`
+	// Published is the last seq this instance's relay confirmed in the change feed (absent when
+	// another instance relays the stream).
+	Published *uint64 `json:"published,omitempty"`
+}
+
+type applierStatus struct {
+	Target  string              `json:"target"`
+	Streams []applierStreamView `json:"streams"`
+}
+
+type applierStreamView struct {
+	Stream  string `json:"stream"`
+	Local   bool   `json:"local,omitempty"`
+	Applied uint64 `json:"applied"`
+	Head    uint64 `json:"head"`
+	Behind  uint64 `json:"behind"`
+	Stopped bool   `json:"stopped,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// statusSource assembles the view. observer is nil in embedded mode (no elections).
+type statusSource struct {
+	site, instance, mode string
+	store                journal.Store
+	relay                *feeds.Relay
+	captures             []*binlog.Capture
+	sourceNames          []string
+	appliers             []*applier.Applier
+	targets              []string
+	elections            []string
+	observer             locks.Service
+}
+
+func (s *statusSource) status(ctx context.Context) (any, error) {
+	v := statusView{Site: s.site, Instance: s.instance, Mode: s.mode, Time: time.Now().UTC(),
+		Sources: []sourceStatus{}, Appliers: []applierStatus{}}
+	var mu sync.Mutex
+	fail := func(what string, err error) {
+		mu.Lock()
+		v.Errors = append(v.Errors, what+": "+err.Error())
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	if s.observer != nil {
+		v.Elections = make([]electionStatus, len(s.elections))
+		for i, name := range s.elections {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v.Elections[i] = electionStatus{Name: name}
+				octx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				ch, err := s.observer.Observe(octx, name)
+				if err != nil {
+					fail("election "+name, err)
+					return
+				}
+				select {
+				case l, ok := <-ch:
+					if !ok {
+						fail("election "+name, errors.New("observation ended"))
+						return
+					}
+					v.Elections[i].Leader, v.Elections[i].Epoch = l.Candidate, l.Epoch
+					v.Elections[i].ThisInstance = l.Candidate != "" && l.Candidate == s.instance
+				case <-ctx.Done():
+					fail("election "+name, ctx.Err())
+				}
+			}()
+		}
+	}
+	v.Sources = make([]sourceStatus, len(s.captures))
+	for i, c := range s.captures {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := sourceStatus{Name: s.sourceNames[i], Stream: c.Stream()}
+			defer func() { v.Sources[i] = st }()
+			h, err := s.store.Head(ctx, st.Stream)
+			if err != nil {
+				fail("source "+st.Name, err)
+				return
+			}
+			st.Head = h.Seq
+			if h.Seq > h.Low {
+				es, err := s.store.Read(ctx, st.Stream, h.Seq, 1)
+				if err != nil {
+					fail("source "+st.Name, err)
+				} else if len(es) == 1 {
+					st.GTID = es[0].Source.GTID
+					at := time.Unix(0, es[0].HLC.Wall).UTC()
+					st.JournaledAt = &at
+				}
+			}
+			if seq, ok := s.relay.Confirmed(st.Stream); ok {
+				st.Published = &seq
+			}
+		}()
+	}
+	wg.Wait()
+	for i, a := range s.appliers {
+		as := applierStatus{Target: s.targets[i], Streams: []applierStreamView{}}
+		for _, st := range a.Status() {
+			sv := applierStreamView{Stream: st.Stream, Local: st.Local, Applied: st.Applied, Head: st.Head, Stopped: st.Stopped}
+			if st.Head > st.Applied {
+				sv.Behind = st.Head - st.Applied
+			}
+			if st.Err != nil {
+				sv.Error = st.Err.Error()
+			}
+			as.Streams = append(as.Streams, sv)
+		}
+		v.Appliers = append(v.Appliers, as)
+	}
+	if len(v.Errors) > 0 && len(v.Errors) >= len(v.Elections)+len(v.Sources) && len(v.Elections)+len(v.Sources) > 0 {
+		return v, errors.New("status: nothing could be read: " + strings.Join(v.Errors, "; "))
+	}
+	return v, nil
+}
