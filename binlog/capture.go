@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -31,7 +33,8 @@ type CaptureConfig struct {
 	// new position at most this often, so that a restart does not re-read them. Default 10s.
 	MarkInterval time.Duration
 	// OnAppend, if set, is called after each successful append with the stream and its new last
-	// seq (the feeds relay's fast path). It must not block.
+	// seq (the feeds relay's fast path), in order, by one goroutine at a time (not the one calling
+	// Run). It must not block.
 	OnAppend func(stream string, seq uint64)
 	// Metrics, if set, receives the capture's figures.
 	Metrics *Metrics
@@ -154,16 +157,22 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) (err error) {
 		_, err := streamer.GetEvent(runCtx)
 		syncErr <- err
 	}()
+	// From here on groups are appended by the appender's goroutine, while this one reads on.
+	w.startAppender(runCtx)
+	defer func() {
+		cancel()
+		<-w.app.done // nothing is appended once Run has returned
+	}()
 	for {
 		ev, err := w.nextEvent(runCtx, g, syncErr)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("source %s: reading the binlog: %w", src.Name, err)
+			return err
 		}
 		if ev.ev == nil {
-			continue // the group was appended
+			continue // the group was handed to the appender
 		}
 		err = w.event(runCtx, ev.ev)
 		if ev.ack != nil {
@@ -219,16 +228,25 @@ func (g *gate) HandleEvent(e *replication.BinlogEvent) error {
 
 // nextEvent returns the next binlog event. With committed entries queued, it waits only briefly:
 // when the binlog is idle, or the group has waited groupDelay, it appends the group and returns a
-// zero gated.
+// zero gated. Its errors are the syncer's (wrapped as such), the journal's, or ctx's.
 func (w *txWriter) nextEvent(ctx context.Context, g *gate, syncErr <-chan error) (gated, error) {
 	var idle <-chan time.Time
 	if len(w.pending) > 0 {
 		if time.Since(w.pendingSince) >= groupDelay {
 			return gated{}, w.flush(ctx)
 		}
-		t := time.NewTimer(time.Millisecond)
-		defer t.Stop()
-		idle = t.C
+		select {
+		case ev := <-g.events: // events are flowing: no need for the timer
+			return ev, nil
+		default:
+		}
+		if w.idle == nil {
+			w.idle = time.NewTimer(time.Millisecond)
+		} else {
+			w.idle.Reset(time.Millisecond) // since Go 1.23 no stale tick is left to receive
+		}
+		defer w.idle.Stop()
+		idle = w.idle.C
 	}
 	select {
 	case ev := <-g.events:
@@ -236,7 +254,9 @@ func (w *txWriter) nextEvent(ctx context.Context, g *gate, syncErr <-chan error)
 	case <-idle:
 		return gated{}, w.flush(ctx) // idle: do not keep the group waiting
 	case err := <-syncErr:
-		return gated{}, err
+		return gated{}, fmt.Errorf("source %s: reading the binlog: %w", w.c.cfg.Source.Name, err)
+	case <-w.app.done:
+		return gated{}, w.app.err
 	case <-ctx.Done():
 		return gated{}, ctx.Err()
 	}
@@ -289,11 +309,103 @@ type txWriter struct {
 	gtid         string // current transaction's GTID ("" outside one)
 	index        uint32 // entries of the current transaction so far
 	buf          []journal.Entry
+	fields       fieldSlab       // the rows' fields
 	txSync       bool            // the current transaction touches a sync table
 	pending      []journal.Entry // committed entries waiting for the next append (queue)
 	pendingSince time.Time
-	lastWrite    time.Time
-	commitTime   uint32 // source commit time (binlog event header, seconds) of the last transaction read
+	idle         *time.Timer // nextEvent's, reused
+	commitTime   uint32      // source commit time (binlog event header, seconds) of the last transaction read
+
+	// app appends the groups once the capture reads the binlog (nil before: appends are
+	// synchronous). While it runs, it alone uses next, skipTx and skip.
+	app       *appender
+	lastWrite atomic.Pointer[time.Time] // end of the last append; nil: none yet
+	lastHand  time.Time                 // when the last group was handed to app
+}
+
+// appender journals the groups the capture loop hands it, in order, one append each, in a
+// goroutine of its own, so that the loop reads and decodes the next transactions while a group is
+// made durable. At most appendQueue groups wait: memory stays bounded, and the loop waits when the
+// journal is slower than the binlog, as it did when it appended itself.
+type appender struct {
+	groups chan group           // to append, in order
+	free   chan []journal.Entry // buffers of appended groups, for reuse
+	done   chan struct{}        // closed when the goroutine has stopped
+	err    error                // why it stopped (read after done is closed)
+}
+
+type group struct {
+	es         []journal.Entry // empty: a barrier
+	commitTime uint32          // w.commitTime when the group was handed over (lag metric)
+	durable    chan struct{}   // if set, closed once this group and all before it are appended
+}
+
+const appendQueue = 2
+
+// startAppender starts the appender's goroutine; it stops when ctx ends or an append fails, and
+// appends nothing after a failure (the capture stops, and resumes from the journal).
+func (w *txWriter) startAppender(ctx context.Context) {
+	a := &appender{groups: make(chan group, appendQueue), free: make(chan []journal.Entry, appendQueue+1), done: make(chan struct{})}
+	w.app = a
+	go func() {
+		defer close(a.done)
+		for {
+			var g group
+			select {
+			case g = <-a.groups:
+			case <-ctx.Done():
+				a.err = ctx.Err()
+				return
+			}
+			if len(g.es) > 0 {
+				if err := w.append(ctx, g.es, g.commitTime); err != nil {
+					a.err = err
+					return
+				}
+			}
+			if g.durable != nil {
+				close(g.durable)
+			}
+			clear(g.es) // drop the rows' memory now
+			select {
+			case a.free <- g.es[:0]:
+			default:
+			}
+		}
+	}()
+}
+
+// hand passes the queued group to the appender and starts a new one.
+func (w *txWriter) hand(ctx context.Context, durable chan struct{}) error {
+	a := w.app
+	select {
+	case a.groups <- group{es: w.pending, commitTime: w.commitTime, durable: durable}:
+	case <-a.done:
+		return a.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.lastHand = time.Now()
+	select {
+	case w.pending = <-a.free:
+	default:
+		w.pending = make([]journal.Entry, 0, w.c.cfg.ChunkEntries)
+	}
+	return nil
+}
+
+// sinceLastWrite is the time since the last append ended (very long if none has), or since a group
+// was last handed to the appender, whichever is shorter: a group in flight counts as written, as
+// it did when the capture loop appended groups itself (and waited).
+func (w *txWriter) sinceLastWrite() time.Duration {
+	since := time.Duration(math.MaxInt64)
+	if t := w.lastWrite.Load(); t != nil {
+		since = time.Since(*t)
+	}
+	if !w.lastHand.IsZero() {
+		since = min(since, time.Since(w.lastHand))
+	}
+	return since
 }
 
 // resume finds where to restart from the stream's tail: the position recorded on the last
@@ -354,14 +466,37 @@ func (w *txWriter) queue(ctx context.Context, es []journal.Entry) error {
 	return nil
 }
 
-// flush appends the queued group.
+// flush appends the queued group, or hands it to the appender once there is one.
 func (w *txWriter) flush(ctx context.Context) error {
 	if len(w.pending) == 0 {
 		return nil
 	}
-	err := w.append(ctx, w.pending)
+	if w.app != nil {
+		return w.hand(ctx, nil)
+	}
+	err := w.append(ctx, w.pending, w.commitTime)
 	w.pending = w.pending[:0]
 	return err
+}
+
+// flushDurable appends the queued group and returns once it and every group before it are
+// durable in the journal.
+func (w *txWriter) flushDurable(ctx context.Context) error {
+	if w.app == nil {
+		return w.flush(ctx)
+	}
+	durable := make(chan struct{})
+	if err := w.hand(ctx, durable); err != nil { // an empty group is a barrier
+		return err
+	}
+	select {
+	case <-durable:
+		return nil
+	case <-w.app.done:
+		return w.app.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // groupDelay bounds how long a committed transaction waits for others to share its append.
@@ -429,22 +564,24 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 		return nil
 	}
 	for i := 0; i+step <= len(e.Rows); i += step {
-		first, err := s.row(e.Rows[i])
+		// The key is taken from the only image of an insert or delete, from the after image of
+		// an update.
+		first, key, err := s.rowKey(e.Rows[i], op != journal.OpUpdate, &w.fields)
 		if err != nil {
 			return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
 		}
 		entry := journal.Entry{Op: op, Database: s.database, Table: s.table, SchemaVersion: s.version}
 		switch op {
 		case journal.OpInsert:
-			entry.After, entry.Key = first, s.key(first)
+			entry.After, entry.Key = first, key
 		case journal.OpDelete:
-			entry.Before, entry.Key = first, s.key(first)
+			entry.Before, entry.Key = first, key
 		case journal.OpUpdate:
-			after, err := s.row(e.Rows[i+1])
+			after, key, err := s.rowKey(e.Rows[i+1], true, &w.fields)
 			if err != nil {
 				return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
 			}
-			entry.Before, entry.After, entry.Key = first, after, s.key(after)
+			entry.Before, entry.After, entry.Key = first, after, key
 		}
 		if err := w.add(ctx, h, entry); err != nil {
 			return err
@@ -480,7 +617,7 @@ func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset 
 	}
 	defer func() { w.gtid, w.buf = "", w.buf[:0] }()
 	if len(w.buf) == 0 {
-		if time.Since(w.lastWrite) >= w.c.cfg.MarkInterval {
+		if w.sinceLastWrite() >= w.c.cfg.MarkInterval {
 			return w.mark(ctx, "position", position)
 		}
 		return nil
@@ -496,7 +633,7 @@ func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset 
 		return err
 	}
 	if w.txSync {
-		return w.flush(ctx) // durable before the source is acknowledged (semi-sync)
+		return w.flushDurable(ctx) // durable before the source is acknowledged (semi-sync)
 	}
 	return nil
 }
@@ -543,8 +680,9 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 }
 
 // append journals a batch with seqs from w.next, dropping entries already journaled before a
-// restart, retrying transient errors with backoff (the same batch again is safe).
-func (w *txWriter) append(ctx context.Context, es []journal.Entry) error {
+// restart, retrying transient errors with backoff (the same batch again is safe). commitTime is
+// the source commit time of the last transaction read when the batch was formed.
+func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime uint32) error {
 	if w.skip > 0 {
 		kept := make([]journal.Entry, 0, len(es))
 		for _, e := range es {
@@ -577,19 +715,33 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry) error {
 		return fmt.Errorf("source %s: journal %d entries at %d (gtid %s): %w", w.c.cfg.Source.Name, len(es), w.next, es[0].Tx.ID, err)
 	}
 	w.next += uint64(len(es))
-	w.lastWrite = time.Now()
+	now := time.Now()
+	w.lastWrite.Store(&now)
 	if cfg := w.c.cfg; cfg.Metrics != nil {
-		for _, e := range es {
+		// Counted per batch: one update per table and operation, not per row.
+		type rowsOf struct {
+			database, table string
+			op              journal.Op
+		}
+		rows, txs := map[rowsOf]int{}, 0
+		for i := range es {
+			e := &es[i]
 			switch e.Op {
 			case journal.OpInsert, journal.OpUpdate, journal.OpDelete:
-				cfg.Metrics.rows.WithLabelValues(cfg.Source.Name, e.Database+"."+e.Table, e.Op.String()).Inc()
+				rows[rowsOf{e.Database, e.Table, e.Op}]++
 			}
 			if e.Tx.Last && e.Op != journal.OpMark {
-				cfg.Metrics.txs.WithLabelValues(cfg.Source.Name).Inc()
+				txs++
 			}
 		}
-		if w.commitTime > 0 {
-			cfg.Metrics.lag.WithLabelValues(cfg.Source.Name).Set(time.Since(time.Unix(int64(w.commitTime), 0)).Seconds())
+		for k, n := range rows {
+			cfg.Metrics.rows.WithLabelValues(cfg.Source.Name, k.database+"."+k.table, k.op.String()).Add(float64(n))
+		}
+		if txs > 0 {
+			cfg.Metrics.txs.WithLabelValues(cfg.Source.Name).Add(float64(txs))
+		}
+		if commitTime > 0 {
+			cfg.Metrics.lag.WithLabelValues(cfg.Source.Name).Set(time.Since(time.Unix(int64(commitTime), 0)).Seconds())
 		}
 	}
 	if w.c.cfg.OnAppend != nil {

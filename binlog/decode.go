@@ -60,34 +60,53 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 	return s, nil
 }
 
-// row converts a decoded binlog row into a journal row, column by column.
-func (s *tableSchema) row(values []any) (journal.Row, error) {
+// rowKey converts a decoded binlog row into a journal row, column by column, and if withKey also
+// returns its primary key columns (nil if the table has none). Row and key are carved from
+// fields; each is capped to its length, so appending to one never overwrites another.
+func (s *tableSchema) rowKey(values []any, withKey bool, fields *fieldSlab) (journal.Row, journal.Row, error) {
 	if len(values) != len(s.names) {
-		return nil, fmt.Errorf("table %s.%s: row of %d values for %d columns", s.database, s.table, len(values), len(s.names))
+		return nil, nil, fmt.Errorf("table %s.%s: row of %d values for %d columns", s.database, s.table, len(values), len(s.names))
 	}
-	r := make(journal.Row, len(values))
+	nk := 0
+	if withKey {
+		nk = len(s.pk)
+	}
+	all := fields.take(len(values) + nk)
+	r := all[:len(values):len(values)]
 	for i, v := range values {
 		val, err := s.value(i, v)
 		if err != nil {
-			return nil, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
+			return nil, nil, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
 		}
 		r[i] = journal.Field{Name: s.names[i], Value: val}
 	}
-	return r, nil
-}
-
-// key returns the primary key columns of a row (nil if the table has none).
-func (s *tableSchema) key(r journal.Row) journal.Row {
-	if len(s.pk) == 0 || r == nil {
-		return nil
+	if nk == 0 {
+		return r, nil, nil
 	}
-	k := make(journal.Row, 0, len(s.pk))
+	k := all[len(values):len(values)]
 	for _, i := range s.pk {
 		if i < len(r) {
 			k = append(k, r[i])
 		}
 	}
-	return k
+	return r, k, nil
+}
+
+// fieldSlab hands out the fields of rows from shared blocks: one allocation for many rows rather
+// than one per row. A block stays in memory while any of its rows does; rows are dropped group by
+// group once journaled, so that is at most a block or so beyond the rows in flight.
+type fieldSlab struct{ free journal.Row }
+
+const fieldSlabSize = 1024
+
+// take returns a zeroed row of n fields, with capacity n.
+func (f *fieldSlab) take(n int) journal.Row {
+	if cap(f.free)-len(f.free) < n {
+		f.free = make(journal.Row, 0, max(n, fieldSlabSize))
+	}
+	start := len(f.free)
+	f.free = f.free[:start+n]
+	return f.free[start : start+n : start+n]
 }
 
 // value converts one value as go-mysql decoded it (with UseDecimal, without ParseTime) into an
@@ -180,16 +199,15 @@ func (s *tableSchema) value(i int, v any) (journal.Value, error) {
 			return journal.Bytes(append([]byte{}, b...)), nil
 		}
 	case mysql.MYSQL_TYPE_STRING, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB:
-		var raw []byte
+		var val journal.Value
 		switch b := v.(type) {
 		case string:
-			raw = []byte(b)
+			val = textString(b, s.collation[i])
 		case []byte:
-			raw = append([]byte{}, b...)
+			val = text(b, s.collation[i])
 		default:
 			return journal.Value{}, fmt.Errorf("unexpected %T", v)
 		}
-		val := text(raw, s.collation[i])
 		if s.types[i] == mysql.MYSQL_TYPE_STRING && val.Kind == journal.KindBytes {
 			// BINARY(n) keeps its trailing zero bytes, which the row image leaves out.
 			if n := fixedLength(s.meta[i]); len(val.Bytes) < n {
@@ -203,23 +221,63 @@ func (s *tableSchema) value(i int, v any) (journal.Value, error) {
 
 // text decodes character data by its collation: binary stays bytes, latin1 is converted to UTF-8
 // (MariaDB's latin1 is Windows-1252), and other character sets are kept as UTF-8 text when they
-// are valid UTF-8 (utf8mb3, utf8mb4, ascii), or as bytes otherwise.
+// are valid UTF-8 (utf8mb3, utf8mb4, ascii), or as bytes otherwise. raw may share go-mysql's
+// buffer: the value is a copy (one copy of the data, whatever the case).
 func text(raw []byte, collation uint64) journal.Value {
 	switch {
 	case collation == binaryCollation:
-		return journal.Bytes(raw)
+		return journal.Bytes(append([]byte{}, raw...))
 	case latin1Collations[collation]:
+		ascii := asciiPrefix(raw)
+		if ascii == len(raw) {
+			return journal.String(string(raw)) // ASCII is the same in latin1 and UTF-8
+		}
 		var b strings.Builder
-		b.Grow(len(raw))
-		for _, c := range raw {
+		b.Grow(len(raw) + 2*(len(raw)-ascii))
+		b.Write(raw[:ascii])
+		for _, c := range raw[ascii:] {
 			b.WriteRune(cp1252(c))
 		}
 		return journal.String(b.String())
 	case utf8.Valid(raw):
 		return journal.String(string(raw))
 	default:
-		return journal.Bytes(raw)
+		return journal.Bytes(append([]byte{}, raw...))
 	}
+}
+
+// textString is text of a string (CHAR and VARCHAR columns: go-mysql decodes them as strings that
+// may share its buffer), with the same result as text([]byte(raw), collation).
+func textString(raw string, collation uint64) journal.Value {
+	switch {
+	case collation == binaryCollation:
+		return journal.Bytes([]byte(raw))
+	case latin1Collations[collation]:
+		ascii := asciiPrefix(raw)
+		if ascii == len(raw) {
+			return journal.String(strings.Clone(raw))
+		}
+		var b strings.Builder
+		b.Grow(len(raw) + 2*(len(raw)-ascii))
+		b.WriteString(raw[:ascii])
+		for i := ascii; i < len(raw); i++ {
+			b.WriteRune(cp1252(raw[i]))
+		}
+		return journal.String(b.String())
+	case utf8.ValidString(raw):
+		return journal.String(strings.Clone(raw))
+	default:
+		return journal.Bytes([]byte(raw))
+	}
+}
+
+// asciiPrefix is the length of the ASCII prefix of s.
+func asciiPrefix[T string | []byte](s T) int {
+	i := 0
+	for i < len(s) && s[i] < utf8.RuneSelf {
+		i++
+	}
+	return i
 }
 
 const binaryCollation = 63

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -60,7 +61,9 @@ const (
 // ErrCorrupt is returned (wrapped) by DecodeEntry for bytes that are not an encoded entry.
 var ErrCorrupt = errors.New("journal: corrupt entry encoding")
 
-// AppendEncoded appends the encoding of e to b.
+// AppendEncoded appends the encoding of e to b. It writes nested messages in place (a row's or a
+// field's length is set once it is written, moving it up when the length takes more than a byte),
+// so it allocates nothing when b has room: capture encodes every row it journals.
 func AppendEncoded(b []byte, e *Entry) []byte {
 	b = append(b, encodingVersion)
 	b = appendString(b, fStream, e.Stream)
@@ -89,24 +92,47 @@ func AppendEncoded(b []byte, e *Entry) []byte {
 	b = appendUint(b, fSchemaVersion, e.SchemaVersion)
 	b = appendString(b, fStatement, e.Statement)
 	for _, c := range e.Columns {
-		b = protowire.AppendTag(b, fColumn, protowire.BytesType)
-		var m []byte
-		m = appendString(m, fColName, c.Name)
-		m = appendString(m, fColType, c.Type)
-		b = protowire.AppendBytes(b, m)
+		b = appendVarint(b, protowire.EncodeTag(fColumn, protowire.BytesType))
+		b = appendVarint(b, uint64(sizeString(fColName, c.Name)+sizeString(fColType, c.Type)))
+		b = appendString(b, fColName, c.Name)
+		b = appendString(b, fColType, c.Type)
 	}
 	return b
 }
 
 // Encode returns the encoding of e.
-func Encode(e *Entry) []byte { return AppendEncoded(make([]byte, 0, 64+estimate(e)), e) }
+func Encode(e *Entry) []byte { return AppendEncoded(make([]byte, 0, EncodedSize(e)), e) }
 
-func estimate(e *Entry) int {
-	n := len(e.Stream) + len(e.Origin) + len(e.Database) + len(e.Table) + len(e.Statement)
-	for _, r := range []Row{e.Key, e.Before, e.After} {
-		for _, f := range r {
-			n += 16 + len(f.Name) + len(f.Value.Str) + len(f.Value.Bytes)
-		}
+// EncodedSize is the length of the encoding of e.
+func EncodedSize(e *Entry) int {
+	n := 1 // version
+	n += sizeString(fStream, e.Stream)
+	n += sizeUint(fSeq, e.Seq)
+	n += sizeUint(fEpoch, e.Epoch)
+	n += sizeUint(fHLCWall, uint64(e.HLC.Wall))
+	n += sizeUint(fHLCLogical, uint64(e.HLC.Logical))
+	n += sizeString(fOrigin, e.Origin)
+	n += sizeString(fGTID, e.Source.GTID)
+	n += sizeString(fFile, e.Source.File)
+	n += sizeUint(fPos, e.Source.Pos)
+	n += sizeString(fRequestID, e.Source.RequestID)
+	n += sizeString(fPosition, e.Source.Position)
+	n += sizeString(fTxID, e.Tx.ID)
+	n += sizeUint(fTxIndex, uint64(e.Tx.Index))
+	n += sizeUint(fTxCount, uint64(e.Tx.Count))
+	if e.Tx.Last {
+		n += sizeUint(fTxLast, 1)
+	}
+	n += sizeUint(fOp, uint64(e.Op))
+	n += sizeString(fDatabase, e.Database)
+	n += sizeString(fTable, e.Table)
+	n += sizeRow(fKey, e.Key)
+	n += sizeRow(fBefore, e.Before)
+	n += sizeRow(fAfter, e.After)
+	n += sizeUint(fSchemaVersion, e.SchemaVersion)
+	n += sizeString(fStatement, e.Statement)
+	for _, c := range e.Columns {
+		n += protowire.SizeTag(fColumn) + protowire.SizeBytes(sizeString(fColName, c.Name)+sizeString(fColType, c.Type))
 	}
 	return n
 }
@@ -115,16 +141,41 @@ func appendUint(b []byte, num protowire.Number, v uint64) []byte {
 	if v == 0 {
 		return b // proto3: zero values are not written
 	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
+	b = appendVarint(b, protowire.EncodeTag(num, protowire.VarintType))
+	return appendVarint(b, v)
+}
+
+// appendVarint is protowire.AppendVarint, small enough to be inlined: most varints written here
+// (tags, lengths, small numbers) are one byte.
+func appendVarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
+}
+
+func sizeUint(num protowire.Number, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeVarint(v)
 }
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	b = appendVarint(b, protowire.EncodeTag(num, protowire.BytesType))
+	b = appendVarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func sizeString(num protowire.Number, s string) int {
+	if s == "" {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(len(s))
 }
 
 // appendRow writes a present row (even an empty one) and nothing for a nil row, so that "no
@@ -133,32 +184,87 @@ func appendRow(b []byte, num protowire.Number, r Row) []byte {
 	if r == nil {
 		return b
 	}
-	var m []byte
-	for _, f := range r {
-		var fm []byte
-		fm = appendString(fm, fFieldName, f.Name)
-		fm = appendUint(fm, fFieldKind, uint64(f.Value.Kind))
-		v := f.Value
+	b = appendVarint(b, protowire.EncodeTag(num, protowire.BytesType))
+	row := len(b)
+	b = append(b, 0) // the row's length, set below
+	for i := range r {
+		f := &r[i]
+		b = appendVarint(b, protowire.EncodeTag(fRowField, protowire.BytesType))
+		field := len(b)
+		b = append(b, 0) // the field's length, set below
+		b = appendString(b, fFieldName, f.Name)
+		b = appendUint(b, fFieldKind, uint64(f.Value.Kind))
+		v := &f.Value
 		switch v.Kind {
 		case KindInt:
-			fm = appendUint(fm, fFieldInt, protowire.EncodeZigZag(v.Int))
+			b = appendUint(b, fFieldInt, protowire.EncodeZigZag(v.Int))
 		case KindUint, KindBool:
-			fm = appendUint(fm, fFieldUint, v.Uint)
+			b = appendUint(b, fFieldUint, v.Uint)
 		case KindFloat32, KindFloat64:
-			fm = protowire.AppendTag(fm, fFieldFloat, protowire.Fixed64Type)
-			fm = protowire.AppendFixed64(fm, math.Float64bits(v.Float))
+			b = appendVarint(b, protowire.EncodeTag(fFieldFloat, protowire.Fixed64Type))
+			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v.Float)) // = protowire.AppendFixed64
 		case KindBytes:
-			fm = protowire.AppendTag(fm, fFieldBytes, protowire.BytesType)
-			fm = protowire.AppendBytes(fm, v.Bytes)
+			b = appendVarint(b, protowire.EncodeTag(fFieldBytes, protowire.BytesType))
+			b = appendVarint(b, uint64(len(v.Bytes)))
+			b = append(b, v.Bytes...)
 		case KindNull:
 		default:
-			fm = appendString(fm, fFieldStr, v.Str)
+			b = appendString(b, fFieldStr, v.Str)
 		}
-		m = protowire.AppendTag(m, fRowField, protowire.BytesType)
-		m = protowire.AppendBytes(m, fm)
+		b = setLength(b, field)
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, m)
+	return setLength(b, row)
+}
+
+// setLength sets the length of a nested message: b[at] is a one-byte placeholder, followed by the
+// message up to the end of b. A length of 128 or more takes more bytes: the message moves up.
+func setLength(b []byte, at int) []byte {
+	n := len(b) - at - 1
+	if n < 0x80 {
+		b[at] = byte(n)
+		return b
+	}
+	extra := protowire.SizeVarint(uint64(n)) - 1
+	b = append(b, make([]byte, extra)...)
+	copy(b[at+1+extra:], b[at+1:len(b)-extra])
+	appendVarint(b[at:at], uint64(n))
+	return b
+}
+
+func sizeRow(num protowire.Number, r Row) int {
+	if r == nil {
+		return 0
+	}
+	return protowire.SizeTag(num) + protowire.SizeBytes(rowBodySize(r))
+}
+
+// rowBodySize is the length of the Row message of r.
+func rowBodySize(r Row) int {
+	n := 0
+	for i := range r {
+		n += protowire.SizeTag(fRowField) + protowire.SizeBytes(fieldSize(&r[i]))
+	}
+	return n
+}
+
+// fieldSize is the length of the Field message of f, as appendRow writes it.
+func fieldSize(f *Field) int {
+	n := sizeString(fFieldName, f.Name) + sizeUint(fFieldKind, uint64(f.Value.Kind))
+	v := &f.Value
+	switch v.Kind {
+	case KindInt:
+		n += sizeUint(fFieldInt, protowire.EncodeZigZag(v.Int))
+	case KindUint, KindBool:
+		n += sizeUint(fFieldUint, v.Uint)
+	case KindFloat32, KindFloat64:
+		n += protowire.SizeTag(fFieldFloat) + protowire.SizeFixed64()
+	case KindBytes:
+		n += protowire.SizeTag(fFieldBytes) + protowire.SizeBytes(len(v.Bytes))
+	case KindNull:
+	default:
+		n += sizeString(fFieldStr, v.Str)
+	}
+	return n
 }
 
 // DecodeEntry decodes an encoded entry. Byte slices in the result are copies: data may be reused.

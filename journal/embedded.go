@@ -30,9 +30,20 @@ type EmbeddedStore struct {
 
 var _ Store = (*EmbeddedStore)(nil)
 
+// embeddedMemTableSize is the size of Pebble's memtables (its default is 4 MB). Every flushed
+// table holds the head keys of the streams appended to, so flushed tables overlap one another and
+// compactions must merge them: fewer, larger flushes cut the store's CPU per appended entry by
+// about a quarter (measured with appends of 1,000 captured rows), for up to two memtables in
+// memory (Pebble starts small and doubles up to this size). Durability is unchanged: every append
+// syncs the write-ahead log.
+const embeddedMemTableSize = 16 << 20
+
 // OpenEmbedded opens (creating if needed) the store in dir.
 func OpenEmbedded(dir string, logger *slog.Logger) (*EmbeddedStore, error) {
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{logger.With("component", "pebble")}})
+	db, err := pebble.Open(dir, &pebble.Options{
+		Logger:       pebbleLogger{logger.With("component", "pebble")},
+		MemTableSize: embeddedMemTableSize,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("journal: open embedded store %s: %w", dir, err)
 	}
@@ -95,9 +106,22 @@ func encodeMeta(h Head) []byte {
 	return binary.BigEndian.AppendUint64(v, h.Low)
 }
 
+// encodeBuffers recycles the encoding buffers of appends (Pebble's batch copies what it is given).
+var encodeBuffers = sync.Pool{New: func() any { return new(encodeBuffer) }}
+
+// maxPooledEncoding bounds the buffers kept for reuse: a rare huge batch is not held forever.
+const maxPooledEncoding = 4 << 20
+
 // Append implements Store.
 func (s *EmbeddedStore) Append(ctx context.Context, stream string, epoch uint64, entries []Entry) error {
-	encoded, err := prepareBatch(stream, epoch, entries)
+	buf := encodeBuffers.Get().(*encodeBuffer)
+	defer func() {
+		if cap(buf.data) <= maxPooledEncoding {
+			clear(buf.encoded[:cap(buf.encoded)]) // no reference to a replaced buffer stays
+			encodeBuffers.Put(buf)
+		}
+	}()
+	encoded, err := buf.prepare(stream, epoch, entries)
 	if err != nil {
 		return err
 	}
@@ -125,10 +149,19 @@ func (s *EmbeddedStore) Append(ctx context.Context, stream string, epoch uint64,
 		}
 		return fmt.Errorf("%w: stream %s: batch %d-%d, head %d", ErrConflict, stream, first, last, h.Seq)
 	}
-	b := s.db.NewBatch()
+	// Room for every record at once (kind, key and value with their varint lengths, the head).
+	size := 12 + 64 + len(metaKey(stream))
+	for _, data := range encoded {
+		size += 1 + 2*binary.MaxVarintLen32 + len(stream) + 10 + len(data)
+	}
+	b := s.db.NewBatchWithSize(size)
 	defer b.Close()
+	prefix := entryPrefix(stream)
+	key := make([]byte, len(prefix), len(prefix)+8)
+	copy(key, prefix)
 	for i, data := range encoded {
-		if err := b.Set(entryKey(stream, first+uint64(i)), data, nil); err != nil {
+		key = binary.BigEndian.AppendUint64(key[:len(prefix)], first+uint64(i)) // = entryKey(stream, seq)
+		if err := b.Set(key, data, nil); err != nil {
 			return fmt.Errorf("journal: stream %s: %w", stream, err)
 		}
 	}

@@ -143,6 +143,19 @@ func classOf(stream string) string {
 // prepareBatch validates an Append and returns the encoded entries (with Stream and Epoch set).
 // It is shared by every implementation so that they refuse exactly the same input.
 func prepareBatch(stream string, epoch uint64, entries []Entry) ([][]byte, error) {
+	var buf encodeBuffer
+	return buf.prepare(stream, epoch, entries)
+}
+
+// encodeBuffer holds the encodings of a batch: one buffer for all of them, reusable from one
+// batch to the next (see EmbeddedStore.Append).
+type encodeBuffer struct {
+	data    []byte
+	encoded [][]byte
+}
+
+// prepare is prepareBatch encoding into b: the result is valid until b's next use.
+func (b *encodeBuffer) prepare(stream string, epoch uint64, entries []Entry) ([][]byte, error) {
 	if err := ValidateStreamID(stream); err != nil {
 		return nil, err
 	}
@@ -159,8 +172,11 @@ func prepareBatch(stream string, epoch uint64, entries []Entry) ([][]byte, error
 	if first == 0 || first > maxSeq-uint64(len(entries)) {
 		return nil, fmt.Errorf("%w: stream %s: first seq %d out of range", ErrInvalid, stream, first)
 	}
-	out := make([][]byte, len(entries))
-	total := 0
+	if cap(b.encoded) < len(entries) {
+		b.encoded = make([][]byte, len(entries))
+	}
+	out := b.encoded[:len(entries)]
+	data := b.data[:0]
 	for i := range entries {
 		e := entries[i] // a copy: the caller's entries are not modified
 		if e.Seq != first+uint64(i) {
@@ -173,15 +189,22 @@ func prepareBatch(stream string, epoch uint64, entries []Entry) ([][]byte, error
 			return nil, fmt.Errorf("%w: stream %s seq %d: invalid op %d", ErrInvalid, stream, e.Seq, e.Op)
 		}
 		e.Stream, e.Epoch = stream, epoch
-		b := Encode(&e)
-		if len(b) > MaxEntryBytes {
-			return nil, fmt.Errorf("%w: stream %s seq %d: entry of %d bytes (max %d)", ErrInvalid, stream, e.Seq, len(b), MaxEntryBytes)
+		start := len(data)
+		data = AppendEncoded(data, &e)
+		if n := len(data) - start; n > MaxEntryBytes {
+			return nil, fmt.Errorf("%w: stream %s seq %d: entry of %d bytes (max %d)", ErrInvalid, stream, e.Seq, n, MaxEntryBytes)
 		}
-		total += len(b)
-		if total > MaxBatchBytes {
+		if len(data) > MaxBatchBytes {
 			return nil, fmt.Errorf("%w: stream %s: batch over %d bytes", ErrInvalid, stream, MaxBatchBytes)
 		}
-		out[i] = b
+		out[i] = data[start:len(data):len(data)] // re-sliced below if data moves
+	}
+	b.data = data
+	// data may have moved as it grew: point every encoding into its final place.
+	start := 0
+	for i, enc := range out {
+		out[i] = data[start : start+len(enc) : start+len(enc)]
+		start += len(enc)
 	}
 	return out, nil
 }
