@@ -311,7 +311,10 @@ type txWriter struct {
 	buf          []journal.Entry
 	fields       fieldSlab       // the rows' fields
 	txSync       bool            // the current transaction touches a sync table
+	bufBytes     int             // encoded size of buf
+	bytesChunked bool            // the current transaction was chunked for its size in bytes
 	pending      []journal.Entry // committed entries waiting for the next append (queue)
+	pendingBytes int             // encoded size of pending
 	pendingSince time.Time
 	idle         *time.Timer // nextEvent's, reused
 	commitTime   uint32      // source commit time (binlog event header, seconds) of the last transaction read
@@ -385,7 +388,7 @@ func (w *txWriter) hand(ctx context.Context, durable chan struct{}) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	w.lastHand = time.Now()
+	w.lastHand, w.pendingBytes = time.Now(), 0
 	select {
 	case w.pending = <-a.free:
 	default:
@@ -456,21 +459,39 @@ func (w *txWriter) mark(ctx context.Context, why, position string) error {
 // transaction; the group is appended once it holds ChunkEntries entries, when the binlog is
 // momentarily idle, or after groupDelay (see Run), so memory stays bounded.
 func (w *txWriter) queue(ctx context.Context, es []journal.Entry) error {
+	size := 0
+	for i := range es {
+		size += journal.EncodedSize(&es[i])
+	}
+	// A group stays within groupBytes and the journal's entries per batch: flush what waits
+	// first if es would take it past either.
+	if len(w.pending) > 0 && (w.pendingBytes+size > groupBytes || len(w.pending)+len(es) > journal.MaxBatchEntries) {
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
+	}
 	if len(w.pending) == 0 {
 		w.pendingSince = time.Now()
 	}
 	w.pending = append(w.pending, es...)
-	if len(w.pending) >= w.c.cfg.ChunkEntries {
+	w.pendingBytes += size
+	if len(w.pending) >= w.c.cfg.ChunkEntries || w.pendingBytes >= groupBytes {
 		return w.flush(ctx)
 	}
 	return nil
 }
+
+// groupBytes bounds the encoded entries of one append, well below journal.MaxBatchBytes: a
+// transaction of large rows is journaled in chunks of at most this size (plus one entry, at most
+// journal.MaxEntryBytes), whatever ChunkEntries says.
+const groupBytes = 8 << 20
 
 // flush appends the queued group, or hands it to the appender once there is one.
 func (w *txWriter) flush(ctx context.Context) error {
 	if len(w.pending) == 0 {
 		return nil
 	}
+	w.pendingBytes = 0
 	if w.app != nil {
 		return w.hand(ctx, nil)
 	}
@@ -536,7 +557,7 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 }
 
 func (w *txWriter) begin(gtid string) {
-	w.gtid, w.index, w.buf, w.txSync = gtid, 0, w.buf[:0], false
+	w.gtid, w.index, w.buf, w.txSync, w.bufBytes, w.bytesChunked = gtid, 0, w.buf[:0], false, 0, false
 }
 
 // skipReplicationFlag marks events written by a session with skip_replication=1 (MariaDB's
@@ -597,13 +618,18 @@ func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journa
 	e.Source.GTID, e.Source.File, e.Source.Pos = w.gtid, w.file, uint64(h.LogPos)
 	e.Tx = journal.Tx{ID: w.gtid, Index: w.index}
 	w.index++
+	size := journal.EncodedSize(&e)
 	w.buf = append(w.buf, e)
-	if len(w.buf) > w.c.cfg.ChunkEntries {
-		n := w.c.cfg.ChunkEntries
+	w.bufBytes += size
+	bytesFull := w.bufBytes > groupBytes && len(w.buf) > 1
+	if len(w.buf) > w.c.cfg.ChunkEntries || bytesFull {
+		n := len(w.buf) - 1
 		if err := w.queue(ctx, w.buf[:n]); err != nil {
 			return err
 		}
 		w.buf = append(w.buf[:0], w.buf[n:]...)
+		w.bufBytes = size
+		w.bytesChunked = w.bytesChunked || bytesFull
 	}
 	return nil
 }
@@ -624,7 +650,7 @@ func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset 
 	}
 	last := &w.buf[len(w.buf)-1]
 	last.Tx.Last, last.Source.Position = true, position
-	if w.index <= uint32(w.c.cfg.ChunkEntries)+1 {
+	if w.index <= uint32(w.c.cfg.ChunkEntries)+1 && !w.bytesChunked {
 		for i := range w.buf {
 			w.buf[i].Tx.Count = w.index // the whole transaction was held: its size is known
 		}

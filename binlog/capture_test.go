@@ -389,3 +389,40 @@ func TestCaptureSkipsEventsMarkedSkipReplication(t *testing.T) {
 		t.Fatalf("captured %+v, want the rows 1 and 3 only", got)
 	}
 }
+
+// A transaction of large rows (170 of 200 KiB: 33 MiB, more than one journal batch may hold) is
+// journaled whole, in chunks bounded by bytes, with the default ChunkEntries: before, the capture
+// built one append over the journal's limit and stopped for good. Small transactions after it go
+// on.
+func TestCaptureChunksLargeRowsByBytes(t *testing.T) {
+	env := newCaptureEnv(t, 0) // default ChunkEntries (1000)
+	tbl := env.db + ".big"
+	env.exec("CREATE TABLE " + tbl + " (id INT PRIMARY KEY, tx INT, k INT, payload MEDIUMBLOB)")
+	stop := env.start(1)
+	env.waitStarted()
+	const rows = 170
+	payload := strings.Repeat("p", 200<<10)
+	env.exec("BEGIN")
+	for k := range rows {
+		env.exec("INSERT INTO "+tbl+" VALUES (?, 0, ?, ?)", k+1, k, payload)
+	}
+	env.exec("COMMIT")
+	env.exec("BEGIN")
+	env.exec("INSERT INTO "+tbl+" VALUES (?, 1, 0, 'small')", rows+1)
+	env.exec("COMMIT")
+	var got []journal.Entry
+	testenv.WaitFor(t, 60*time.Second, "both transactions in the journal", func() bool {
+		got = env.rowEntries("big")
+		return len(got) >= rows+1
+	})
+	if err := stop(); err != nil {
+		t.Fatalf("capture stopped with %v", err)
+	}
+	checkTransactions(t, got[:rows], 1, rows)
+	if v := value(got[rows], got[rows].After, "payload"); !v.Equal(journal.Bytes([]byte("small"))) {
+		t.Errorf("the transaction after the large one: %+v", got[rows])
+	}
+	if v := value(got[0], got[0].After, "payload"); len(v.Bytes) != len(payload) {
+		t.Errorf("payload of %d bytes, want %d", len(v.Bytes), len(payload))
+	}
+}
