@@ -15,11 +15,11 @@ import (
 // while MariaDB's own replica applied 85,000. A run is the consecutive row entries of one source
 // transaction of a remote stream (split where a read of the journal ends, or where an entry needs
 // the entry-by-entry path). For a run:
-//   - the first touch of each row is prefetched, per table: a locking read of the keys (when none
-//     of the rows exists, as for inserts, that is all), else a locking read of the rows' states
-//     (one parenthesized SELECT ... FOR UPDATE per entry, in one UNION ALL, so that the server
-//     compares each row with its entry's image under the column's collation, as the entry path
-//     does); and a locking read of their clocks;
+//   - the first touch of each row is prefetched, per table: one statement reads, locking them, how
+//     many of the rows exist and their clocks (when none exists, as for inserts, that is all);
+//     else a locking read of the rows' states follows (one parenthesized SELECT ... FOR UPDATE
+//     per entry, in one UNION ALL, so that the server compares each row with its entry's image
+//     under the column's collation, as the entry path does);
 //   - each entry is decided (decide, as ever) against its prefetched state; its actions are
 //     queued; consecutive inserts (or upserts, or deletes) of one table become one multi-row
 //     statement, and the clocks one multi-row upsert at the end (the last clock of a row wins,
@@ -152,11 +152,14 @@ func (w *worker) prefetch(run []*journal.Entry, first []bool) ([]prefetched, err
 	}
 	for _, g := range order {
 		idx := groups[g]
-		if err := w.prefetchStates(run, idx, out); err != nil {
+		existing, err := w.prefetchKeysAndClocks(run, idx, out)
+		if err != nil {
 			return nil, err
 		}
-		if err := w.prefetchClocks(run, idx, out); err != nil {
-			return nil, err
+		if existing > 0 { // mostly new rows (inserts): then the comparisons are not needed
+			if err := w.prefetchStates(run, idx, out); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil
@@ -186,29 +189,6 @@ func (w *worker) prefetchStates(run []*journal.Entry, idx []int, out []prefetche
 	e0 := run[idx[0]]
 	img0, key0 := compareImage(e0), targetKey(e0)
 	n := bucket(len(idx))
-	// Mostly new rows (inserts): one locking read of the keys says none exists, and the
-	// comparisons below are not needed.
-	var keyCols []string
-	for _, f := range key0 {
-		keyCols = append(keyCols, quote(f.Name))
-	}
-	tuple := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(key0)), ", ") + ")"
-	kargs := make([]any, 0, n*len(key0))
-	for p := range n {
-		for _, f := range targetKey(run[idx[min(p, len(idx)-1)]]) {
-			kargs = append(kargs, arg(f.Value))
-		}
-	}
-	r, err := w.conn.exec("SELECT COUNT(*) FROM "+quote(e0.Database)+"."+quote(e0.Table)+" WHERE ("+strings.Join(keyCols, ", ")+") IN ("+
-		strings.TrimSuffix(strings.Repeat(tuple+", ", n), ", ")+") FOR UPDATE", kargs...)
-	if err != nil {
-		return err
-	}
-	existing, err := r.GetInt(0, 0)
-	r.Close()
-	if err != nil || existing == 0 {
-		return err
-	}
 	var part strings.Builder
 	part.WriteString("(SELECT ? AS i, 1")
 	for _, f := range img0 {
@@ -232,7 +212,7 @@ func (w *worker) prefetchStates(run []*journal.Entry, idx []int, out []prefetche
 		_, kargs := whereKey(targetKey(e))
 		args = append(args, kargs...)
 	}
-	r, err = w.conn.exec(strings.Join(parts, " UNION ALL "), args...)
+	r, err := w.conn.exec(strings.Join(parts, " UNION ALL "), args...)
 	if err != nil {
 		return err
 	}
@@ -259,11 +239,24 @@ func (w *worker) prefetchStates(run []*journal.Entry, idx []int, out []prefetche
 	return nil
 }
 
-// prefetchClocks reads, under a lock, the clocks of the rows of the entries idx (one table).
-func (w *worker) prefetchClocks(run []*journal.Entry, idx []int, out []prefetched) error {
+// prefetchKeysAndClocks reads, under locks, in one round trip: how many of the rows of the
+// entries idx (one table, one key shape) exist, and their clocks.
+func (w *worker) prefetchKeysAndClocks(run []*journal.Entry, idx []int, out []prefetched) (int64, error) {
 	e0 := run[idx[0]]
+	key0 := targetKey(e0)
 	n := bucket(len(idx))
-	args := []any{e0.Database, e0.Table}
+	var keyCols []string
+	for _, f := range key0 {
+		keyCols = append(keyCols, quote(f.Name))
+	}
+	tuple := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(key0)), ", ") + ")"
+	args := make([]any, 0, n*(len(key0)+1)+2)
+	for p := range n {
+		for _, f := range targetKey(run[idx[min(p, len(idx)-1)]]) {
+			args = append(args, arg(f.Value))
+		}
+	}
+	args = append(args, e0.Database, e0.Table)
 	byHash := map[string][]int{}
 	for p := range n {
 		i := idx[min(p, len(idx)-1)]
@@ -273,29 +266,39 @@ func (w *worker) prefetchClocks(run []*journal.Entry, idx []int, out []prefetche
 			byHash[string(h)] = append(byHash[string(h)], i)
 		}
 	}
-	q := "SELECT pk_hash, hlc_wall, hlc_logical, origin FROM " + w.conn.meta + ".row_clock WHERE db = ? AND tbl = ? AND pk_hash IN (?" +
-		strings.Repeat(", ?", n-1) + ") FOR UPDATE"
+	q := "(SELECT COUNT(*) AS n, NULL AS pk_hash, NULL AS hlc_wall, NULL AS hlc_logical, NULL AS origin FROM " +
+		quote(e0.Database) + "." + quote(e0.Table) + " WHERE (" + strings.Join(keyCols, ", ") + ") IN (" +
+		strings.TrimSuffix(strings.Repeat(tuple+", ", n), ", ") + ") FOR UPDATE) UNION ALL " +
+		"(SELECT NULL, pk_hash, hlc_wall, hlc_logical, origin FROM " + w.conn.meta + ".row_clock WHERE db = ? AND tbl = ? AND pk_hash IN (?" +
+		strings.Repeat(", ?", n-1) + ") FOR UPDATE)"
 	r, err := w.conn.exec(q, args...)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer r.Close()
+	var existing int64
 	for row := range r.RowNumber() {
-		h, err := r.GetString(row, 0)
-		if err != nil {
-			return err
+		if v, _ := r.GetValue(row, 0); v != nil { // the count
+			if existing, err = r.GetInt(row, 0); err != nil {
+				return 0, err
+			}
+			continue
 		}
-		wall, err := r.GetInt(row, 1)
+		h, err := r.GetString(row, 1)
 		if err != nil {
-			return err
+			return 0, err
 		}
-		logical, err := r.GetUint(row, 2)
+		wall, err := r.GetInt(row, 2)
 		if err != nil {
-			return err
+			return 0, err
 		}
-		origin, err := r.GetString(row, 3)
+		logical, err := r.GetUint(row, 3)
 		if err != nil {
-			return err
+			return 0, err
+		}
+		origin, err := r.GetString(row, 4)
+		if err != nil {
+			return 0, err
 		}
 		// GetString aliases the result's buffer (see target.clock): copy.
 		clk := RowClock{HLC: journal.Timestamp{Wall: wall, Logical: uint32(logical)}, Origin: strings.Clone(origin)}
@@ -304,7 +307,7 @@ func (w *worker) prefetchClocks(run []*journal.Entry, idx []int, out []prefetche
 			out[i].Clock = &c
 		}
 	}
-	return nil
+	return existing, nil
 }
 
 // flush executes queued actions in order, merging consecutive inserts, upserts or deletes of one
