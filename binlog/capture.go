@@ -451,18 +451,16 @@ func (w *txWriter) entry(ctx context.Context, seq uint64) (journal.Entry, error)
 func (w *txWriter) mark(ctx context.Context, why, position string) error {
 	e := journal.Entry{Op: journal.OpMark, Statement: why, Tx: journal.Tx{ID: w.gtid, Count: 1, Last: true}}
 	e.Source.GTID, e.Source.File, e.Source.Position = w.gtid, w.file, position
-	return w.queue(ctx, []journal.Entry{e})
+	return w.queue(ctx, []journal.Entry{e}, journal.EncodedSize(&e))
 }
 
 // queue adds entries to the group of the next append. Several small transactions share one
 // append (one journal batch: all or none), which amortizes the store's sync or lightweight
 // transaction; the group is appended once it holds ChunkEntries entries, when the binlog is
 // momentarily idle, or after groupDelay (see Run), so memory stays bounded.
-func (w *txWriter) queue(ctx context.Context, es []journal.Entry) error {
-	size := 0
-	for i := range es {
-		size += journal.EncodedSize(&es[i])
-	}
+// size is the encoded size of es, as add measured it (fields set at commit, a few bytes an entry,
+// are not counted: groupBytes is far below the journal's limit).
+func (w *txWriter) queue(ctx context.Context, es []journal.Entry, size int) error {
 	// A group stays within groupBytes and the journal's entries per batch: flush what waits
 	// first if es would take it past either.
 	if len(w.pending) > 0 && (w.pendingBytes+size > groupBytes || len(w.pending)+len(es) > journal.MaxBatchEntries) {
@@ -624,7 +622,7 @@ func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journa
 	bytesFull := w.bufBytes > groupBytes && len(w.buf) > 1
 	if len(w.buf) > w.c.cfg.ChunkEntries || bytesFull {
 		n := len(w.buf) - 1
-		if err := w.queue(ctx, w.buf[:n]); err != nil {
+		if err := w.queue(ctx, w.buf[:n], w.bufBytes-size); err != nil {
 			return err
 		}
 		w.buf = append(w.buf[:0], w.buf[n:]...)
@@ -655,7 +653,7 @@ func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset 
 			w.buf[i].Tx.Count = w.index // the whole transaction was held: its size is known
 		}
 	}
-	if err := w.queue(ctx, w.buf); err != nil {
+	if err := w.queue(ctx, w.buf, w.bufBytes); err != nil {
 		return err
 	}
 	if w.txSync {
