@@ -38,17 +38,22 @@ func (r *Relay) RunSweeper(ctx context.Context, prefixes ...string) error {
 		case <-t.C:
 		}
 		next := map[string]uint64{}
+		complete := true
 		for _, p := range prefixes {
-			if err := r.sweep(ctx, p, behind, next); err != nil && ctx.Err() == nil {
-				r.logger.Warn("change feed sweep failed; trying again at the next one", "prefix", p, "err", err)
-				next = nil // do not judge "did not move" against an incomplete picture
+			if err := r.sweep(ctx, p, behind, next); err != nil {
+				if ctx.Err() == nil {
+					r.logger.Warn("change feed sweep failed; trying again at the next one", "prefix", p, "err", err)
+				}
+				complete = false
 				break
 			}
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		behind = next
+		if complete { // an incomplete picture is not judged against: the previous one stays
+			behind = next
+		}
 		t.Reset(r.cfg.SweepInterval)
 	}
 }
