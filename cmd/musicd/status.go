@@ -157,8 +157,9 @@ func (s *statusSource) status(ctx context.Context) (any, error) {
 		}
 		v.Appliers = append(v.Appliers, as)
 	}
-	if len(v.Errors) > 0 && len(v.Errors) >= len(v.Elections)+len(v.Sources) && len(v.Elections)+len(v.Sources) > 0 {
-		return v, errors.New("status: nothing could be read: " + strings.Join(v.Errors, "; "))
+	// Each election and source adds at most one error.
+	if parts := len(v.Elections) + len(v.Sources); parts > 0 && len(v.Errors) == parts {
+		return nil, errors.New("status: nothing could be read: " + strings.Join(v.Errors, "; "))
 	}
 	return v, nil
 }

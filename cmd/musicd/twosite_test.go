@@ -59,12 +59,13 @@ func TestTwoSitesSurviveKill9(t *testing.T) {
 	var echoMu sync.Mutex
 	var echoes []string
 	seen := map[string]int{}
+	keyRE := regexp.MustCompile(`"key":\{"id":(\d+)\}`)
 	sub, err := nc.Subscribe("music.changes."+db+".t.>", func(m *nats.Msg) {
 		stream := m.Header.Get("Music-Stream")
 		echoMu.Lock()
 		seen[stream]++
 		echoMu.Unlock()
-		id := regexp.MustCompile(`"key":\{"id":(\d+)\}`).FindSubmatch(m.Data)
+		id := keyRE.FindSubmatch(m.Data)
 		if id == nil {
 			return
 		}
