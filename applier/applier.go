@@ -601,7 +601,7 @@ func (w *worker) row(tx *txState, e *journal.Entry) error {
 	// Any conflict may be with a local write whose clock is not stamped yet: the row's clock is
 	// missing, or is that of an older write the local one replaced. Stamp the local streams up to
 	// their heads first, then decide once more with the clock as fresh as it can be.
-	if d.Conflict && len(w.a.cfg.LocalStreams) > 0 && w.syncedTx != e.Tx.ID {
+	if w.needLocal(e, d) {
 		return errNeedLocal
 	}
 	for _, act := range d.Actions {
@@ -616,15 +616,26 @@ func (w *worker) row(tx *txState, e *journal.Entry) error {
 		}
 	}
 	if d.Conflict {
-		tx.conflicts = append(tx.conflicts, Conflict{
-			Stream: e.Stream, Seq: e.Seq, GTID: e.Source.GTID, Database: e.Database, Table: e.Table, Op: e.Op.String(),
-			Resolution: d.Resolution,
-			Incoming:   IncomingWrite{Origin: e.Origin, HLC: e.HLC, Before: rowMap(e.Before), After: rowMap(e.After)},
-			Target:     TargetRowState{Exists: exists, Row: cur, Clock: clk},
-		})
-		tx.tables = append(tx.tables, e.Database+"."+e.Table)
+		tx.conflict(e, d, TargetRowState{Exists: exists, Row: cur, Clock: clk})
 	}
 	return nil
+}
+
+// conflict records a conflict of e, reported when the transaction commits.
+func (tx *txState) conflict(e *journal.Entry, d Decision, target TargetRowState) {
+	tx.conflicts = append(tx.conflicts, Conflict{
+		Stream: e.Stream, Seq: e.Seq, GTID: e.Source.GTID, Database: e.Database, Table: e.Table, Op: e.Op.String(),
+		Resolution: d.Resolution,
+		Incoming:   IncomingWrite{Origin: e.Origin, HLC: e.HLC, Before: rowMap(e.Before), After: rowMap(e.After)},
+		Target:     target,
+	})
+	tx.tables = append(tx.tables, e.Database+"."+e.Table)
+}
+
+// needLocal reports whether d, a conflict, may be with a local write whose clock is not stamped
+// yet: then the local streams are stamped first and the transaction applied again (once).
+func (w *worker) needLocal(e *journal.Entry, d Decision) bool {
+	return d.Conflict && len(w.a.cfg.LocalStreams) > 0 && w.syncedTx != e.Tx.ID
 }
 
 // stamp records the clock of a row written natively at this site (a local stream's entry),

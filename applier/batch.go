@@ -109,20 +109,14 @@ func (w *worker) applyRun(tx *txState, run []*journal.Entry) error {
 		}
 		st := states[i]
 		d := decide(e, st.TargetState, w.a.cfg.ruleFor(e.Database, e.Table))
-		if d.Conflict && len(w.a.cfg.LocalStreams) > 0 && w.syncedTx != e.Tx.ID {
+		if w.needLocal(e, d) {
 			return errNeedLocal
 		}
 		for _, act := range d.Actions {
 			q = append(q, queued{e: e, act: act, cur: st.cur})
 		}
 		if d.Conflict {
-			tx.conflicts = append(tx.conflicts, Conflict{
-				Stream: e.Stream, Seq: e.Seq, GTID: e.Source.GTID, Database: e.Database, Table: e.Table, Op: e.Op.String(),
-				Resolution: d.Resolution,
-				Incoming:   IncomingWrite{Origin: e.Origin, HLC: e.HLC, Before: rowMap(e.Before), After: rowMap(e.After)},
-				Target:     TargetRowState{Exists: st.Exists, Row: st.cur, Clock: st.Clock},
-			})
-			tx.tables = append(tx.tables, e.Database+"."+e.Table)
+			tx.conflict(e, d, TargetRowState{Exists: st.Exists, Row: st.cur, Clock: st.Clock})
 		}
 	}
 	return w.flush(q)
@@ -315,14 +309,15 @@ func (w *worker) prefetchKeysAndClocks(run []*journal.Entry, idx []int, out []pr
 func (w *worker) flush(q []queued) error {
 	type clockKey struct{ db, tbl, hash string }
 	clocks := map[clockKey]int{} // -> index in clockRows
-	var clockRows []queued
+	var clockRows []clockRow
 	noteClock := func(c queued) { // the last clock of a row wins
-		k := clockKey{c.e.Database, c.e.Table, string(keyHash(c.act.Key))}
+		h := keyHash(c.act.Key)
+		k := clockKey{c.e.Database, c.e.Table, string(h)}
 		if j, ok := clocks[k]; ok {
-			clockRows[j] = c
+			clockRows[j] = clockRow{c, h}
 		} else {
 			clocks[k] = len(clockRows)
-			clockRows = append(clockRows, c)
+			clockRows = append(clockRows, clockRow{c, h})
 		}
 	}
 	for i := 0; i < len(q); {
@@ -455,8 +450,14 @@ func (w *worker) execGroup(group []queued) error {
 	return nil
 }
 
+// clockRow is a clock action of a flush with its key's hash.
+type clockRow struct {
+	queued
+	hash []byte
+}
+
 // execClocks upserts the clocks of a flush, several rows a statement.
-func (w *worker) execClocks(rows []queued) error {
+func (w *worker) execClocks(rows []clockRow) error {
 	sizes := make([]int, len(rows))
 	for i := range sizes {
 		sizes[i] = 128
@@ -466,7 +467,7 @@ func (w *worker) execClocks(rows []queued) error {
 		rows = rows[n:]
 		args := make([]any, 0, 6*n)
 		for _, c := range part {
-			args = append(args, c.e.Database, c.e.Table, keyHash(c.act.Key), c.act.Clock.HLC.Wall, uint64(c.act.Clock.HLC.Logical), c.act.Clock.Origin)
+			args = append(args, c.e.Database, c.e.Table, c.hash, c.act.Clock.HLC.Wall, uint64(c.act.Clock.HLC.Logical), c.act.Clock.Origin)
 		}
 		q := "INSERT INTO " + w.conn.meta + ".row_clock (db, tbl, pk_hash, hlc_wall, hlc_logical, origin) VALUES " +
 			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", n), ", ") +
