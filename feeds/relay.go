@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -361,7 +362,17 @@ func (r *Relay) syncOwned(ctx context.Context, streams map[string]*streamState) 
 
 // poll reads the head of every stream and saves positions.
 func (r *Relay) poll(ctx context.Context, streams map[string]*streamState) {
+	r.mu.Lock()
+	owned := maps.Clone(r.mu.owned)
+	r.mu.Unlock()
 	for _, st := range streams {
+		if !owned[st.name] && st.loaded {
+			// A followed stream's head comes with the Notify of each append of this instance
+			// (another instance's appends are its own to follow): no read per stream and poll,
+			// which with many keys written would be most of the relay's reads.
+			r.save(ctx, st)
+			continue
+		}
 		h, err := r.store.Head(ctx, st.name)
 		if err != nil {
 			r.logger.Warn("reading journal head failed", "stream", st.name, "err", err)
@@ -379,7 +390,7 @@ func (r *Relay) poll(ctx context.Context, streams map[string]*streamState) {
 }
 
 // dropIdle stops following the streams that are idle: no Follow or Notify for FollowIdle, and
-// everything up to the head just read confirmed and saved. syncOwned then forgets them.
+// everything up to the known head confirmed and saved. syncOwned then forgets them.
 func (r *Relay) dropIdle(streams map[string]*streamState) {
 	now := time.Now()
 	r.mu.Lock()
