@@ -195,7 +195,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		}
 		appliers, targets = append(appliers, a), append(targets, ac.Addr)
 		if elector != nil {
-			election := "applier." + cfg.Site + "." + ac.Addr
+			election := applierElection(cfg.Site, ac.Addr)
 			spawn("applier "+ac.Addr, func(ctx context.Context) error {
 				return locks.RunElected(ctx, elector, election, instanceID(cfg.Site), logger, func(ctx context.Context, _ uint64) error {
 					return a.Run(ctx)
@@ -313,7 +313,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 			status.elections = append(status.elections, c.Election(), feeds.RelayElection(c.Stream()))
 		}
 		for _, t := range targets {
-			status.elections = append(status.elections, "applier."+cfg.Site+"."+t)
+			status.elections = append(status.elections, applierElection(cfg.Site, t))
 		}
 		status.elections = append(status.elections, "feeds.sweeper")
 	}
@@ -380,3 +380,6 @@ func defaultInstance(addr net.Addr) string {
 
 // instanceID names this musicd in elections.
 func instanceID(site string) string { return fmt.Sprintf("%s-%d", site, os.Getpid()) }
+
+// applierElection is the election among a site's instances of the applier into target.
+func applierElection(site, target string) string { return "applier." + site + "." + target }
