@@ -53,6 +53,8 @@ type Deps struct {
 	// State serves the native REST API (/v1). Nil: every /v1 route but the OpenAPI document
 	// answers 503 unavailable.
 	State State
+	// Queues serves the work queue routes (/v1/queues). Nil: they answer 503 unavailable.
+	Queues Queues
 	// Status returns the status view served at /status as JSON (an error: 503). Nil: /status
 	// answers 503.
 	Status func(ctx context.Context) (any, error)

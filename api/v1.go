@@ -21,6 +21,7 @@ import (
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
 	"github.com/musicd/musicd/state"
+	"github.com/musicd/musicd/state/queue"
 )
 
 // State is what the native REST API needs from the keyed state service (*state.Service). Errors
@@ -60,6 +61,7 @@ const (
 	codeNotFound         = "not_found"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeExists           = "already_exists"
+	codeLeaseExpired     = "lease_expired"
 	codeNotHolder        = "not_holder"
 	codeConditionFailed  = "condition_failed"
 	codeBodyTooLarge     = "body_too_large"
@@ -95,8 +97,10 @@ func errorTable() []errorCode {
 			"The path exists but not with this method; `Allow` lists the methods it has."},
 		{codeExists, http.StatusConflict, []error{state.ErrExists},
 			"The keyspace or table exists already."},
+		{codeLeaseExpired, http.StatusGone, []error{queue.ErrLeaseExpired},
+			"The queue job's lease has run out: the job goes back to the queue (or to the dead letters), and this claim may no longer complete, release or extend it."},
 		{codeNotHolder, http.StatusConflict, []error{state.ErrNotHolder, locks.ErrNotHeld, locks.ErrLockLost},
-			"A critical operation or a lock call came from a lock reference that does not hold the key's lock (never did, released, expired, forced out, or fenced by a newer holder)."},
+			"A critical operation or a lock call came from a lock reference that does not hold the key's lock (never did, released, expired, forced out, or fenced by a newer holder); or a queue call came with a token that does not hold the job (another claim, completed, released)."},
 		{codeConditionFailed, http.StatusPreconditionFailed, []error{state.ErrConditionFailed},
 			"A compare-and-set found another version (`If-Match`), an existing row (`If-None-Match: *`), no row, or other column values (`if`). Nothing changed."},
 		{codeBodyTooLarge, http.StatusRequestEntityTooLarge, nil,
@@ -211,6 +215,8 @@ type v1Route struct {
 	anyParams bool
 	// stateless routes work without a State (the OpenAPI document).
 	stateless bool
+	// queue routes need Deps.Queues rather than a State.
+	queue bool
 }
 
 // Query parameters and headers of the row and lock routes.
@@ -235,7 +241,7 @@ const (
 // these (TestOpenAPIMatchesRoutes).
 func (s *Server) v1Routes() []v1Route {
 	rowParams := []string{paramConsistency, paramLock, paramWait}
-	return []v1Route{
+	return append([]v1Route{
 		{pattern: "GET /v1/openapi.json", h: s.openAPI, stateless: true},
 
 		{pattern: "GET /v1/keyspaces", h: s.listKeyspaces},
@@ -260,7 +266,7 @@ func (s *Server) v1Routes() []v1Route {
 		{pattern: "POST /v1/locks/{ref}/acquire", h: s.acquireLock, params: []string{paramWait}},
 		{pattern: "POST /v1/locks/{ref}/renew", h: s.renewLock},
 		{pattern: "DELETE /v1/locks/{ref}", h: s.releaseLock, params: []string{paramForce}},
-	}
+	}, s.queueRoutes()...)
 }
 
 var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
@@ -304,6 +310,12 @@ func (s *Server) serveV1(rt v1Route) http.HandlerFunc {
 				if len(q[name]) > 1 {
 					return invalid("query parameter %q given %d times", name, len(q[name]))
 				}
+			}
+			if rt.queue {
+				if s.deps.Queues == nil {
+					return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the work queue is not running in this daemon"}
+				}
+				return rt.h(w, r, c)
 			}
 			if s.state == nil && !rt.stateless {
 				return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the keyed state service is not running in this daemon"}

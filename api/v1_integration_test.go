@@ -24,6 +24,7 @@ import (
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
 	"github.com/musicd/musicd/state"
+	"github.com/musicd/musicd/state/queue"
 )
 
 // TestV1Integration runs one table-driven scenario over real HTTP (a listener, net/http's
@@ -101,6 +102,8 @@ var (
 const (
 	itRows  = "/v1/keyspaces/${ks}/tables/events/rows"
 	itLocks = "/v1/keyspaces/${ks}/tables/events/locks"
+	// itQueues holds the scenario's queues.
+	itQueues = "/v1/queues/${ks}"
 	// itTable is the scenario's table: a partition key, a clustering column and a regular column
 	// of most types.
 	itTable = `{"name":"events","columns":[{"name":"owner","type":"text"},{"name":"seq","type":"int"},` +
@@ -394,6 +397,84 @@ func itScenario() []itStep {
 		{name: "atomic put done", join: "atomicAfterD", want: 200},
 		{name: "get after the waiting atomic put", method: "GET", path: itRows + "/fay/1", want: 200, check: itAll(jsonIs("values.note", "after d"), jsonIs("values.n", nil))},
 
+		// ---- work queues ----
+		{name: "create queue", method: "POST", path: itQueues, body: `{"name":"jobs","priorities":2,"shards":4,"max_attempts":2,"max_payload_bytes":64}`, want: 201,
+			check: itAll(headerIs("Location", itQueues+"/jobs"), jsonIs("name", "jobs"), jsonIs("namespace", "${ks}"), jsonIs("shards", 4),
+				jsonIs("priorities", 2), jsonIs("max_attempts", 2), jsonIs("lease", "30s"), jsonIs("dedup_window", "24h0m0s"), jsonNonEmpty("created"))},
+		{name: "create queue again, same settings", method: "POST", path: itQueues, body: `{"name":"jobs","priorities":2,"shards":4,"max_attempts":2,"max_payload_bytes":64}`, want: 201},
+		{name: "create queue again, other settings", method: "POST", path: itQueues, body: `{"name":"jobs","shards":8}`, want: 409, code: codeExists},
+		{name: "create queue by the reader", method: "POST", path: itQueues, body: `{"name":"q2"}`, hdr: asReader, want: 403, code: codeForbidden},
+		{name: "create queue: too many shards", method: "POST", path: itQueues, body: `{"name":"q2","shards":1000}`, want: 400, code: codeInvalid},
+		{name: "create queue: bad lease", method: "POST", path: itQueues, body: `{"name":"q2","lease":"soon"}`, want: 400, code: codeInvalid},
+		{name: "create queue: bad name", method: "POST", path: itQueues, body: `{"name":"Q"}`, want: 400, code: codeInvalid},
+		{name: "create scratch queue", method: "POST", path: itQueues, body: `{"name":"scratch"}`, want: 201},
+		{name: "list queues", method: "GET", path: itQueues, hdr: asReader, want: 200, check: namesAre("queues", "jobs", "scratch")},
+		{name: "get queue", method: "GET", path: itQueues + "/jobs", hdr: asReader, want: 200, check: jsonIs("max_payload_bytes", 64)},
+		{name: "get missing queue", method: "GET", path: itQueues + "/nope", want: 404, code: codeNotFound},
+		{name: "drop queue", method: "DELETE", path: itQueues + "/scratch", want: 204},
+		{name: "drop dropped queue", method: "DELETE", path: itQueues + "/scratch", want: 404, code: codeNotFound},
+		{name: "enqueue into a missing queue", method: "POST", path: itQueues + "/nope/jobs", body: `{"payload":1}`, want: 404, code: codeNotFound},
+		{name: "enqueue: payload too large", method: "POST", path: itQueues + "/jobs/jobs", body: `{"payload":"` + strings.Repeat("x", 80) + `"}`, want: 400, code: codeInvalid},
+		{name: "enqueue: no such priority", method: "POST", path: itQueues + "/jobs/jobs", body: `{"payload":1,"priority":2}`, want: 400, code: codeInvalid},
+		{name: "enqueue: bad id", method: "POST", path: itQueues + "/jobs/jobs", body: `{"id":"a b"}`, want: 400, code: codeInvalid},
+		{name: "enqueue by the reader", method: "POST", path: itQueues + "/jobs/jobs", body: `{"payload":1}`, hdr: asReader, want: 403, code: codeForbidden},
+		{name: "enqueue with an id", method: "POST", path: itQueues + "/jobs/jobs", body: `{"id":"order-1","payload":{"order":1}}`, want: 201,
+			check: itAll(jsonIs("id", "order-1"), jsonIs("duplicate", false), jsonNonEmpty("due"))},
+		{name: "enqueue the same id", method: "POST", path: itQueues + "/jobs/jobs", body: `{"id":"order-1","payload":{"order":2}}`, want: 200,
+			check: itAll(jsonIs("id", "order-1"), jsonIs("duplicate", true))},
+		{name: "enqueue high priority", method: "POST", path: itQueues + "/jobs/jobs", body: `{"payload":"urgent","priority":1}`, want: 201, save: itH("urgent", "json:id")},
+		{name: "enqueue delayed", method: "POST", path: itQueues + "/jobs/jobs", body: `{"id":"later","delay":"1h"}`, want: 201},
+		{name: "peek", method: "GET", path: itQueues + "/jobs/jobs?limit=10", hdr: asReader, want: 200,
+			check: itAll(jsonIs("jobs.0.id", "${urgent}"), jsonIs("jobs.0.payload", "urgent"), jsonIs("jobs.1.id", "order-1"), jsonIs("jobs.1.payload.order", 1), jsonIs("jobs.2", nil))},
+		{name: "peek: bad limit", method: "GET", path: itQueues + "/jobs/jobs?limit=0", want: 400, code: codeInvalid},
+		{name: "claim by the reader", method: "POST", path: itQueues + "/jobs/claim", body: `{}`, hdr: asReader, want: 403, code: codeForbidden},
+		{name: "claim: bad lease", method: "POST", path: itQueues + "/jobs/claim", body: `{"lease":"1ms"}`, want: 400, code: codeInvalid},
+		{name: "claim: unknown field", method: "POST", path: itQueues + "/jobs/claim", body: `{"leese":"1s"}`, want: 400, code: codeInvalid},
+		{name: "claim (high priority first)", method: "POST", path: itQueues + "/jobs/claim", body: `{"worker":"w1","lease":"1m"}`, want: 200,
+			save:  itH("tok1", "json:token"),
+			check: itAll(jsonIs("id", "${urgent}"), jsonIs("holder", "w1"), jsonIs("attempts", 1), jsonNonEmpty("lease_until"), jsonNonEmpty("token"))},
+		{name: "claim", method: "POST", path: itQueues + "/jobs/claim", body: `{"worker":"w2","lease":"1m"}`, want: 200,
+			save: itH("tok2", "json:token"), check: jsonIs("id", "order-1")},
+		{name: "claim of an empty queue, no wait", method: "POST", path: itQueues + "/jobs/claim", want: 204},
+		{name: "claim of an empty queue, waiting", method: "POST", path: itQueues + "/jobs/claim", body: `{"wait":"200ms"}`, want: 204},
+		{name: "extend to a short lease", method: "POST", path: itQueues + "/jobs/jobs/order-1/extend", body: `{"token":"${tok2}","lease":"100ms"}`, want: 200,
+			save: itH("tok2", "json:token", "short_until", "json:lease_until")},
+		{name: "wait for the short lease to end", action: func(t *testing.T, e *itEnv) {
+			end, err := time.Parse(time.RFC3339Nano, e.vars["short_until"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.WaitFor(t, 5*time.Second, "the lease to end", func() bool { return time.Now().After(end) })
+		}},
+		{name: "complete after the lease ended", method: "POST", path: itQueues + "/jobs/jobs/order-1/complete", body: `{"token":"${tok2}"}`, want: 410, code: codeLeaseExpired},
+		{name: "extend after the lease ended", method: "POST", path: itQueues + "/jobs/jobs/order-1/extend", body: `{"token":"${tok2}"}`, want: 410, code: codeLeaseExpired},
+		{name: "complete with another claim's token", method: "POST", path: itQueues + "/jobs/jobs/order-1/complete", body: `{"token":"${tok1}"}`, want: 409, code: codeNotHolder},
+		{name: "complete: no token", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/complete", body: `{}`, want: 400, code: codeInvalid},
+		{name: "complete: malformed token", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/complete", body: `{"token":"x"}`, want: 400, code: codeInvalid},
+		{name: "complete: unknown field", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/complete", body: `{"token":"${tok1}","delay":"1s"}`, want: 400, code: codeInvalid},
+		{name: "extend", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/extend", body: `{"token":"${tok1}","lease":"2m"}`, want: 200,
+			save: itH("tok3", "json:token"), check: itAll(jsonIs("id", "${urgent}"), jsonNonEmpty("lease_until"))},
+		{name: "complete with the token before extend", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/complete", body: `{"token":"${tok1}"}`, want: 409, code: codeNotHolder},
+		{name: "complete", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/complete", body: `{"token":"${tok3}"}`, want: 204},
+		{name: "complete again (a retry)", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/complete", body: `{"token":"${tok3}"}`, want: 204},
+		{name: "release a completed job", method: "POST", path: itQueues + "/jobs/jobs/${urgent}/release", body: `{"token":"${tok3}"}`, want: 409, code: codeNotHolder},
+		// The reaper returns order-1 (its lease ended): claim it again, fail it twice: dead.
+		{name: "claim the expired job again", method: "POST", path: itQueues + "/jobs/claim", body: `{"worker":"w3","wait":"10s"}`, want: 200,
+			save: itH("tok4", "json:token"), check: itAll(jsonIs("id", "order-1"), jsonIs("attempts", 2), jsonIs("payload.order", 1), jsonNonEmpty("error"))},
+		{name: "release with an error: dead", method: "POST", path: itQueues + "/jobs/jobs/order-1/release", body: `{"token":"${tok4}","error":"boom"}`, want: 200,
+			check: itAll(jsonIs("id", "order-1"), jsonIs("error", "boom"), jsonNonEmpty("died"))},
+		{name: "dead letters", method: "GET", path: itQueues + "/jobs/dead", hdr: asReader, want: 200,
+			check: itAll(jsonIs("jobs.0.id", "order-1"), jsonIs("jobs.0.error", "boom"), jsonIs("jobs.1", nil), jsonIs("next", nil))},
+		{name: "dead letters: bad page", method: "GET", path: itQueues + "/jobs/dead?page=zz", want: 400, code: codeInvalid},
+		{name: "retry a dead letter", method: "POST", path: itQueues + "/jobs/dead/order-1/retry", want: 200, check: jsonIs("attempts", 0)},
+		{name: "retry it again", method: "POST", path: itQueues + "/jobs/dead/order-1/retry", want: 404, code: codeNotFound},
+		{name: "claim the retried job", method: "POST", path: itQueues + "/jobs/claim", body: `{"wait":"5s"}`, want: 200,
+			save: itH("tok5", "json:token"), check: jsonIs("id", "order-1")},
+		{name: "release it (no error), after a delay", method: "POST", path: itQueues + "/jobs/jobs/order-1/release", body: `{"token":"${tok5}","delay":"1h"}`, want: 200,
+			check: itAll(jsonIs("attempts", 0), jsonIs("died", nil))},
+		{name: "release: lease given", method: "POST", path: itQueues + "/jobs/jobs/order-1/release", body: `{"token":"${tok5}","lease":"1s"}`, want: 400, code: codeInvalid},
+		{name: "nothing due", method: "POST", path: itQueues + "/jobs/claim", want: 204},
+
 		// ---- 503: the eventual log of a second daemon is not elected ----
 		// The second daemon has the same state Instance as the first, so its eventual log is the
 		// same journal stream, whose single writer is elected through the lock service: the
@@ -594,11 +675,13 @@ type itEnv struct {
 	logs   *itLog
 	vars   map[string]string
 	// deps of the state service, for the second daemon.
-	deps  state.Deps
-	scfg  state.Config
-	twin  string // base URL of the second daemon, once started
-	down  func(t *testing.T)
-	reqID int
+	deps state.Deps
+	scfg state.Config
+	twin string // base URL of the second daemon, once started
+	down func(t *testing.T)
+	// queues is the work queue's store, shared by the daemons.
+	queues queue.Store
+	reqID  int
 
 	mu  sync.Mutex
 	log []itRecord
@@ -719,7 +802,18 @@ func (e *itEnv) serve(t *testing.T, cfg state.Config, deps state.Deps, logs io.W
 		{Name: "writer", Token: itWriterToken, Keyspaces: []string{"*"}, Access: "write"},
 		{Name: "reader", Token: itReaderToken, Keyspaces: []string{e.vars["ks"]}, Access: "read"},
 	}
-	srv, err := NewServer(acfg, Deps{Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: prometheus.NewRegistry(), State: svc})
+	qcfg := queue.DefaultConfig()
+	qcfg.ReapInterval, qcfg.ReapGrace = 50*time.Millisecond, 0
+	qsvc, err := queue.New(qcfg, queue.Deps{Store: e.queues, Logger: itDiscard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = qsvc.Run(ctx)
+	}()
+	srv, err := NewServer(acfg, Deps{Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: prometheus.NewRegistry(), State: svc, Queues: qsvc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -768,6 +862,12 @@ func newEmbeddedIT(t *testing.T) *itEnv {
 		_ = backend.Close()
 		_ = store.Close()
 	})
+	qstore, err := queue.OpenEmbeddedStore(dir+"/queue", time.Now, itDiscard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = qstore.Close() })
+	e.queues = qstore
 	e.scfg = itStateConfig()
 	e.deps = state.Deps{Backend: backend, Journal: store, Locks: lockSvc, Clock: journal.NewClock(time.Now, 0), Logger: itDiscard()}
 	e.base, e.srv = e.serve(t, e.scfg, e.deps, e.logs)
@@ -802,6 +902,11 @@ func newDistributedIT(t *testing.T) *itEnv {
 		admin.Close()
 	})
 	deps, cass, closeCass := distributedDeps(t, ccfg, nil, itDiscard())
+	qstore, err := queue.NewCassandraStore(ctx, cass.Session, queue.CassandraConfig{Keyspace: ccfg.Keyspace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.queues = qstore
 	e.scfg = itStateConfig()
 	e.deps = deps
 	e.base, e.srv = e.serve(t, e.scfg, e.deps, e.logs)

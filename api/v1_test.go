@@ -1417,7 +1417,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 						t.Errorf("%s: path parameter %s not declared", pat, name)
 					}
 					delete(declared, name)
-					val := map[string]string{"ks": "ks", "table": "users", "key": "a%2Fb/c%20d", "ref": "kv.ks.users.x~1"}[name]
+					val := map[string]string{"ks": "ks", "table": "users", "key": "a%2Fb/c%20d", "ref": "kv.ks.users.x~1", "ns": "ks", "queue": "jobs", "id": "job-1"}[name]
 					concrete = strings.Replace(concrete, seg, val, 1)
 				}
 			}

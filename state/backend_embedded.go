@@ -781,3 +781,7 @@ func (p embPebbleLogger) Fatalf(format string, args ...any) {
 	p.l.Error(msg)
 	panic("pebble: " + msg)
 }
+
+// PebbleLogger returns the Pebble logger the embedded store uses (Pebble's log into slog), for
+// other embedded stores of the daemon (the queue).
+func PebbleLogger(l *slog.Logger) pebble.Logger { return embPebbleLogger{l} }

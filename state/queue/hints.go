@@ -1,0 +1,149 @@
+package queue
+
+import (
+	"strings"
+	"sync"
+	"time"
+)
+
+// hints is what this daemon knows about where a queue's due jobs are, so that a claim reads as
+// few rows as it can. A hint is only ever an optimization: the claim's conditional write decides,
+// and every hint expires (PollInterval, FloorReset), so a wrong one delays a job, never loses it.
+type hints struct {
+	shards, priorities int
+	floorReset         time.Duration
+
+	mu struct {
+		sync.Mutex
+		// wake is closed (and replaced) when a notice says a job may be due.
+		wake chan struct{}
+		// empty[shard*priorities+p]: the last read found nothing due there, and no notice came
+		// since.
+		empty []bool
+		// floors[shard*priorities+p]: read that level from this due time on (the rows before
+		// it were claimed); reset at floorsAt + floorReset.
+		floors   []int64
+		floorsAt time.Time
+		// nextDue is the earliest future due time a notice announced (0: none).
+		nextDue int64
+	}
+}
+
+func (s *Service) hintsOf(d Def) *hints {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := storageKey(d)
+	h := s.mu.queues[key]
+	if h == nil {
+		h = &hints{shards: d.Shards, priorities: d.Priorities, floorReset: s.cfg.FloorReset}
+		h.mu.wake = make(chan struct{})
+		h.mu.empty = make([]bool, d.Shards*d.Priorities)
+		h.mu.floors = make([]int64, d.Shards*d.Priorities)
+		h.mu.floorsAt = s.now()
+		s.mu.queues[key] = h
+	}
+	return h
+}
+
+// Woken tells the service that a queue may have a job due at n.Due in n.Shard (a notice from
+// another daemon, or this one's own enqueue or release).
+func (s *Service) Woken(n Notice) {
+	s.mu.Lock()
+	var hs []*hints
+	for key, h := range s.mu.queues {
+		// The notice names the queue, not its generation: every generation cached here hears it.
+		if strings.HasPrefix(key, n.Namespace+"."+n.Name+"/") {
+			hs = append(hs, h)
+		}
+	}
+	s.mu.Unlock()
+	now := s.nowMicros()
+	for _, h := range hs {
+		h.notice(n, now)
+	}
+}
+
+func (h *hints) notice(n Notice, now int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n.Shard >= 0 && n.Shard < h.shards && n.Priority >= 0 && n.Priority < h.priorities {
+		i := n.Shard*h.priorities + n.Priority
+		h.mu.empty[i] = false
+		// A job due earlier than the floor (a clock behind ours) is read from its due time.
+		h.mu.floors[i] = min(h.mu.floors[i], n.Due)
+	}
+	if n.Due > now {
+		if h.mu.nextDue == 0 || n.Due < h.mu.nextDue {
+			h.mu.nextDue = n.Due
+		}
+		return
+	}
+	close(h.mu.wake)
+	h.mu.wake = make(chan struct{})
+}
+
+// waitChan is closed by the next notice of a due job.
+func (h *hints) waitChan() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.mu.wake
+}
+
+// untilNextDue is how long until the earliest announced future job is due (an hour if none).
+func (h *hints) untilNextDue(now time.Time) time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mu.nextDue == 0 {
+		return time.Hour
+	}
+	d := time.Duration(h.mu.nextDue-now.UnixMicro()) * time.Microsecond
+	if d <= 0 {
+		h.mu.nextDue = 0
+		for i := range h.mu.empty {
+			h.mu.empty[i] = false
+		}
+		return 0
+	}
+	return d
+}
+
+func (h *hints) isEmpty(shard, p int) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.mu.empty[shard*h.priorities+p]
+}
+
+func (h *hints) markEmpty(shard, p int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.mu.empty[shard*h.priorities+p] = true
+}
+
+// forgetEmpty makes the next claim read every shard again.
+func (h *hints) forgetEmpty() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range h.mu.empty {
+		h.mu.empty[i] = false
+	}
+}
+
+// floor is the due time to read a shard's priority level from (0: its start).
+func (h *hints) floor(shard, p int, now time.Time) int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if now.Sub(h.mu.floorsAt) >= h.floorReset {
+		clear(h.mu.floors)
+		h.mu.floorsAt = now
+	}
+	return h.mu.floors[shard*h.priorities+p]
+}
+
+// raiseFloor records that the level's first due job is at or after f.
+func (h *hints) raiseFloor(shard, p int, f int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if i := shard*h.priorities + p; f > h.mu.floors[i] {
+		h.mu.floors[i] = f
+	}
+}

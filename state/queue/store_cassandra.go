@@ -1,0 +1,342 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	gocql "github.com/apache/cassandra-gocql-driver/v2"
+
+	"github.com/musicd/musicd/state"
+)
+
+// CassandraConfig configures the Cassandra store.
+type CassandraConfig struct {
+	// Keyspace is musicd's own keyspace, where the tables queue_defs and queue_jobs live.
+	Keyspace string
+	// Write is the consistency of writes and of the commit of lightweight transactions: a job
+	// acknowledged at it survives the loss of a site when it spans sites (QUORUM, EACH_QUORUM).
+	// Default QUORUM.
+	Write gocql.Consistency
+	// Read is the consistency of the reads that find candidate jobs; a claim's lightweight
+	// transaction decides, so a stale read costs a retry, never a double claim. Default
+	// LOCAL_QUORUM.
+	Read gocql.Consistency
+	// Serial is the Paxos consistency of claims and every other change of an existing job:
+	// SERIAL makes a claim exclusive across sites; LOCAL_SERIAL only within one. Default SERIAL.
+	Serial gocql.Consistency
+	// Timeout bounds each statement. Default 10s.
+	Timeout time.Duration
+}
+
+func (c CassandraConfig) withDefaults() CassandraConfig {
+	if c.Write == 0 {
+		c.Write = gocql.Quorum
+	}
+	if c.Read == 0 {
+		c.Read = gocql.LocalQuorum
+	}
+	if c.Serial == 0 {
+		c.Serial = gocql.Serial
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	return c
+}
+
+// CassandraStore keeps queues in two tables of musicd's keyspace:
+//
+//	queue_defs (namespace, name, definition)              one row per queue, created by LWT
+//	queue_jobs ((queue, shard), kind, sprio, sdue, id)    one partition per shard
+//
+// A shard's partition holds its ready jobs first (kind 0, by priority descending then due
+// time), then claimed jobs, dead letters, dedup ids and completed ids (kinds 1-4, by id).
+// queue is namespace.name/<creation time>, so a queue dropped and created again never sees the
+// old one's rows.
+type CassandraStore struct {
+	s   *gocql.Session
+	cfg CassandraConfig
+	ks  string
+}
+
+var _ Store = (*CassandraStore)(nil)
+
+// NewCassandraStore creates the tables if needed.
+func NewCassandraStore(ctx context.Context, s *gocql.Session, cfg CassandraConfig) (*CassandraStore, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Keyspace == "" {
+		return nil, errors.New("queue: cassandra store: Keyspace is required")
+	}
+	st := &CassandraStore{s: s, cfg: cfg, ks: `"` + cfg.Keyspace + `"`}
+	for _, stmt := range []string{
+		`CREATE TABLE IF NOT EXISTS ` + st.ks + `.queue_defs (namespace text, name text, definition text, PRIMARY KEY (namespace, name))`,
+		`CREATE TABLE IF NOT EXISTS ` + st.ks + `.queue_jobs (queue text, shard int, kind int, sprio int, sdue bigint, id text,
+			payload blob, priority int, attempts int, enqueued bigint, due bigint, holder text, claim_token text,
+			lease_until bigint, error text, died bigint,
+			PRIMARY KEY ((queue, shard), kind, sprio, sdue, id))
+			WITH CLUSTERING ORDER BY (kind ASC, sprio DESC, sdue ASC, id ASC)`,
+	} {
+		qctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := s.Query(stmt).WithContext(qctx).Consistency(gocql.Quorum).Exec()
+		cancel()
+		if err != nil {
+			return nil, state.CassandraError(ctx, err, "create the queue tables in keyspace "+cfg.Keyspace)
+		}
+	}
+	return st, nil
+}
+
+func (st *CassandraStore) query(ctx context.Context, cl gocql.Consistency, stmt string, args ...any) (*gocql.Query, context.CancelFunc) {
+	qctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout)
+	return st.s.Query(stmt, args...).WithContext(qctx).Consistency(cl).SerialConsistency(st.cfg.Serial), cancel
+}
+
+func storageKey(d Def) string { return d.Key() + "/" + strconv.FormatInt(d.Created, 36) }
+
+// CreateQueue implements Store.
+func (st *CassandraStore) CreateQueue(ctx context.Context, d Def) (Def, error) {
+	raw, err := json.Marshal(d)
+	if err != nil {
+		return Def{}, err
+	}
+	q, cancel := st.query(ctx, st.cfg.Write, `INSERT INTO `+st.ks+`.queue_defs (namespace, name, definition) VALUES (?, ?, ?) IF NOT EXISTS`,
+		d.Namespace, d.Name, string(raw))
+	defer cancel()
+	prev := map[string]any{}
+	applied, err := q.MapScanCAS(prev)
+	if err != nil {
+		return Def{}, state.CassandraError(ctx, err, "create queue "+d.Key())
+	}
+	if applied {
+		return d, nil
+	}
+	def, _ := prev["definition"].(string)
+	var cur Def
+	if err := json.Unmarshal([]byte(def), &cur); err != nil {
+		return Def{}, fmt.Errorf("queue %s: stored definition: %w", d.Key(), err)
+	}
+	return cur, fmt.Errorf("%w: queue %s", state.ErrExists, d.Key())
+}
+
+// DropQueue implements Store.
+func (st *CassandraStore) DropQueue(ctx context.Context, namespace, name string) error {
+	d, err := st.Queue(ctx, namespace, name)
+	if err != nil {
+		return err
+	}
+	q, cancel := st.query(ctx, st.cfg.Write, `DELETE FROM `+st.ks+`.queue_defs WHERE namespace = ? AND name = ? IF EXISTS`, namespace, name)
+	applied, err := q.MapScanCAS(map[string]any{})
+	cancel()
+	if err != nil {
+		return state.CassandraError(ctx, err, "drop queue "+d.Key())
+	}
+	if !applied {
+		return fmt.Errorf("%w: queue %s", state.ErrNotFound, d.Key())
+	}
+	key := storageKey(d)
+	for shard := range d.Shards {
+		q, cancel := st.query(ctx, st.cfg.Write, `DELETE FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ?`, key, shard)
+		err := q.Exec()
+		cancel()
+		if err != nil {
+			return state.CassandraError(ctx, err, fmt.Sprintf("drop queue %s: shard %d", d.Key(), shard))
+		}
+	}
+	return nil
+}
+
+// Queue implements Store.
+func (st *CassandraStore) Queue(ctx context.Context, namespace, name string) (Def, error) {
+	q, cancel := st.query(ctx, st.cfg.Write, `SELECT definition FROM `+st.ks+`.queue_defs WHERE namespace = ? AND name = ?`, namespace, name)
+	defer cancel()
+	var raw string
+	if err := q.Scan(&raw); err != nil {
+		if errors.Is(err, gocql.ErrNotFound) {
+			return Def{}, fmt.Errorf("%w: queue %s.%s", state.ErrNotFound, namespace, name)
+		}
+		return Def{}, state.CassandraError(ctx, err, "read queue "+namespace+"."+name)
+	}
+	var d Def
+	if err := json.Unmarshal([]byte(raw), &d); err != nil {
+		return Def{}, fmt.Errorf("queue %s.%s: stored definition: %w", namespace, name, err)
+	}
+	return d, nil
+}
+
+// Queues implements Store; namespace "" lists every queue.
+func (st *CassandraStore) Queues(ctx context.Context, namespace string) ([]Def, error) {
+	stmt, args := `SELECT definition FROM `+st.ks+`.queue_defs WHERE namespace = ?`, []any{namespace}
+	if namespace == "" {
+		stmt, args = `SELECT definition FROM `+st.ks+`.queue_defs`, nil
+	}
+	q, cancel := st.query(ctx, st.cfg.Write, stmt, args...)
+	defer cancel()
+	it := q.Iter()
+	var out []Def
+	var raw string
+	for it.Scan(&raw) {
+		var d Def
+		if err := json.Unmarshal([]byte(raw), &d); err != nil {
+			_ = it.Close()
+			return nil, fmt.Errorf("queues of %s: stored definition: %w", namespace, err)
+		}
+		out = append(out, d)
+	}
+	if err := it.Close(); err != nil {
+		return nil, state.CassandraError(ctx, err, "list queues of "+namespace)
+	}
+	return out, nil
+}
+
+const cassJobCols = `kind, sprio, sdue, id, payload, priority, attempts, enqueued, due, holder, claim_token, lease_until, error, died`
+
+// insertStmt returns the statement and values that write j (at its slot) into the shard.
+func (st *CassandraStore) insertStmt(d Def, shard int, j *Job, ifNotExists bool) (string, []any) {
+	stmt := `INSERT INTO ` + st.ks + `.queue_jobs (queue, shard, ` + cassJobCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	if ifNotExists {
+		stmt += ` IF NOT EXISTS`
+	}
+	if j.slot.Kind.expires() {
+		stmt += ` USING TTL ` + strconv.Itoa(int(time.Duration(d.DedupWindow)/time.Second))
+	}
+	return stmt, []any{storageKey(d), shard, int(j.slot.Kind), j.slot.Priority, j.slot.Due, j.slot.ID,
+		j.Payload, j.Priority, j.Attempts, j.Enqueued, j.Due, j.Holder, j.Token, j.LeaseUntil, j.Error, j.Died}
+}
+
+// Insert implements Store.
+func (st *CassandraStore) Insert(ctx context.Context, d Def, j Job, dedup bool) (bool, error) {
+	j.slot = slot{Kind: kindReady, Priority: j.Priority, Due: j.Due, ID: j.ID}
+	stmt, args := st.insertStmt(d, j.Shard, &j, false)
+	if !dedup {
+		q, cancel := st.query(ctx, st.cfg.Write, stmt, args...)
+		defer cancel()
+		if err := q.Exec(); err != nil {
+			return false, state.CassandraError(ctx, err, "enqueue into "+d.Key())
+		}
+		return false, nil
+	}
+	marker := Job{slot: slot{Kind: kindDedup, ID: j.ID}, Enqueued: j.Enqueued}
+	mstmt, margs := st.insertStmt(d, j.Shard, &marker, true)
+	bctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout)
+	defer cancel()
+	b := st.s.Batch(gocql.UnloggedBatch).WithContext(bctx).Consistency(st.cfg.Write).SerialConsistency(st.cfg.Serial)
+	b.Query(mstmt, margs...)
+	b.Query(stmt, args...)
+	applied, iter, err := b.MapExecCAS(map[string]any{})
+	if iter != nil {
+		_ = iter.Close()
+	}
+	if err != nil {
+		return false, state.CassandraError(ctx, err, "enqueue "+j.ID+" into "+d.Key())
+	}
+	return !applied, nil
+}
+
+func scanJobs(it *gocql.Iter, shard int) []Job {
+	var out []Job
+	for {
+		var j Job
+		var k int
+		if !it.Scan(&k, &j.slot.Priority, &j.slot.Due, &j.slot.ID, &j.Payload, &j.Priority, &j.Attempts, &j.Enqueued,
+			&j.Due, &j.Holder, &j.Token, &j.LeaseUntil, &j.Error, &j.Died) {
+			return out
+		}
+		j.slot.Kind, j.Shard, j.ID = kind(k), shard, j.slot.ID
+		out = append(out, j)
+	}
+}
+
+func (st *CassandraStore) selectJobs(ctx context.Context, cl gocql.Consistency, what string, shard int, stmt string, args ...any) ([]Job, error) {
+	q, cancel := st.query(ctx, cl, `SELECT `+cassJobCols+` FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND `+stmt, args...)
+	defer cancel()
+	it := q.Iter()
+	out := scanJobs(it, shard)
+	if err := it.Close(); err != nil {
+		return nil, state.CassandraError(ctx, err, what)
+	}
+	return out, nil
+}
+
+// Ready implements Store.
+func (st *CassandraStore) Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error) {
+	return st.selectJobs(ctx, st.cfg.Read, "read ready jobs of "+d.Key(), shard,
+		`kind = 0 AND sprio = ? AND sdue >= ? AND sdue <= ? LIMIT ?`, storageKey(d), shard, priority, from, to, limit)
+}
+
+// Rows implements Store.
+func (st *CassandraStore) Rows(ctx context.Context, d Def, shard int, k kind, after string, limit int) ([]Job, error) {
+	return st.selectJobs(ctx, st.cfg.Read, "read jobs of "+d.Key(), shard,
+		`kind = ? AND sprio = 0 AND sdue = 0 AND id > ? LIMIT ?`, storageKey(d), shard, int(k), after, limit)
+}
+
+// Get implements Store.
+func (st *CassandraStore) Get(ctx context.Context, d Def, shard int, s slot) (*Job, error) {
+	js, err := st.selectJobs(ctx, st.cfg.Serial, "read job "+s.ID+" of "+d.Key(), shard,
+		`kind = ? AND sprio = ? AND sdue = ? AND id = ?`, storageKey(d), shard, int(s.Kind), s.Priority, s.Due, s.ID)
+	if err != nil || len(js) == 0 {
+		return nil, err
+	}
+	return &js[0], nil
+}
+
+// condCQL is the IF clause of c.
+func condCQL(c cond) (string, []any) {
+	if c.token != "" {
+		return ` IF claim_token = ?`, []any{c.token}
+	}
+	return ` IF EXISTS`, nil
+}
+
+// Move implements Store.
+func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (bool, *Job, error) {
+	key := storageKey(d)
+	where := ` WHERE queue = ? AND shard = ? AND kind = ? AND sprio = ? AND sdue = ? AND id = ?`
+	whereArgs := []any{key, shard, int(from.Kind), from.Priority, from.Due, from.ID}
+	ifc, ifArgs := condCQL(c)
+	bctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout)
+	defer cancel()
+	b := st.s.Batch(gocql.UnloggedBatch).WithContext(bctx).Consistency(st.cfg.Write).SerialConsistency(st.cfg.Serial)
+	inPlace := false
+	for _, j := range to {
+		if j != nil && j.slot == from {
+			inPlace = true
+		}
+	}
+	if !inPlace {
+		b.Query(`DELETE FROM `+st.ks+`.queue_jobs`+where+ifc, append(whereArgs, ifArgs...)...)
+	}
+	for _, j := range to {
+		if j == nil {
+			continue
+		}
+		if j.slot == from {
+			args := append(append([]any{j.Token, j.LeaseUntil}, whereArgs...), ifArgs...)
+			b.Query(`UPDATE `+st.ks+`.queue_jobs SET claim_token = ?, lease_until = ?`+where+ifc, args...)
+			continue
+		}
+		stmt, args := st.insertStmt(d, shard, j, false)
+		b.Query(stmt, args...)
+	}
+	prev := map[string]any{}
+	applied, iter, err := b.MapExecCAS(prev)
+	if iter != nil {
+		_ = iter.Close()
+	}
+	if err != nil {
+		return false, nil, state.CassandraError(ctx, err, "change job "+from.ID+" of "+d.Key())
+	}
+	if applied {
+		return true, nil, nil
+	}
+	// The condition failed: Cassandra returns the row's conditioned column, or none when the row
+	// does not exist.
+	tok, _ := prev["claim_token"].(string)
+	if c.token == "" || tok == "" {
+		return false, nil, nil
+	}
+	return false, &Job{Shard: shard, slot: from, ID: from.ID, Token: tok}, nil
+}
