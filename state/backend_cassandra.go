@@ -1269,4 +1269,6 @@ func cassSameKeyValues(key, fixed []journal.Value, from int) bool {
 
 // CassandraError maps a driver error the way the Cassandra backend does (see cassErr), for
 // packages that keep their own tables beside it (the queue).
-func CassandraError(ctx context.Context, err error, what string) error { return cassErr(ctx, err, what) }
+func CassandraError(ctx context.Context, err error, what string) error {
+	return cassErr(ctx, err, what)
+}
