@@ -83,7 +83,13 @@ func (a *authenticator) authenticate(r *http.Request) (principal, error) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
 		return principal{}, &apiError{status: http.StatusUnauthorized, code: codeUnauthenticated, msg: "Authorization must be Bearer <token>", invalidToken: true}
 	}
-	d := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return a.lookup(strings.TrimSpace(tok))
+}
+
+// lookup returns the principal of a presented token. The token is hashed and its digest
+// compared with every configured digest in constant time (see authenticate).
+func (a *authenticator) lookup(tok string) (principal, error) {
+	d := sha256.Sum256([]byte(tok))
 	found := -1
 	for i := range a.tokens {
 		if a.equal(d[:], a.tokens[i].digest[:]) == 1 {
@@ -113,4 +119,31 @@ func (p principal) authorize(ks string, write bool) error {
 		return &apiError{status: http.StatusForbidden, code: codeForbidden, msg: "token " + p.name + " is read-only"}
 	}
 	return nil
+}
+
+// authenticateMusic authenticates a request of the MUSIC v2 API. MUSIC clients send HTTP basic
+// credentials: the password is taken as one of the configured tokens, and the user name, when
+// not empty, must be that token's name. "Authorization: Bearer <token>" works too. MUSIC's aid
+// and ns headers (its own onboarding of applications) are not read. With authentication off
+// every request is let through, whatever it sends.
+func (a *authenticator) authenticateMusic(r *http.Request) (principal, error) {
+	if !a.enabled() {
+		return principal{all: true, write: true}, nil
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		if r.Header.Get("Authorization") == "" {
+			return principal{}, &apiError{status: http.StatusUnauthorized, code: codeUnauthenticated,
+				msg: "this endpoint needs HTTP basic credentials (user: the token's name, password: the token) or Authorization: Bearer <token>"}
+		}
+		return a.authenticate(r)
+	}
+	p, err := a.lookup(pass)
+	if err != nil {
+		return principal{}, &apiError{status: http.StatusUnauthorized, code: codeUnauthenticated, msg: "unknown credentials", invalidToken: true}
+	}
+	if user != "" && user != p.name {
+		return principal{}, &apiError{status: http.StatusUnauthorized, code: codeUnauthenticated, msg: "the basic user name is not the name of the token given as password", invalidToken: true}
+	}
+	return p, nil
 }

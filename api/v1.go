@@ -358,6 +358,12 @@ func (s *Server) opContext(r *http.Request, wait time.Duration, waitSet bool) (c
 // decodeBody reads r's JSON body into dst (an object; unknown fields refused). With required
 // unset, an empty body leaves dst as it is. The body is bounded by MaxBodyBytes.
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any, required bool) error {
+	return s.decodeBodyWith(w, r, dst, required, true)
+}
+
+// decodeBodyWith is decodeBody; strict refuses unknown fields (the MUSIC v2 API, like MUSIC,
+// ignores them).
+func (s *Server) decodeBodyWith(w http.ResponseWriter, r *http.Request, dst any, required, strict bool) error {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -374,7 +380,9 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any, req
 		return nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(dst); err != nil {
 		return jsonError(err)
 	}

@@ -65,6 +65,30 @@ func (r LockRef) parse() (locks.Ref, error) {
 	return locks.Ref{Name: name, ID: id}, nil
 }
 
+// ID returns the reference's ID within its lock's queue ("" for a malformed reference).
+func (r LockRef) ID() string {
+	ref, err := r.parse()
+	if err != nil {
+		return ""
+	}
+	return ref.ID
+}
+
+// LockRefFor rebuilds the handle of the reference with ID id on the lock of key in table t: the
+// inverse of ID for a caller that knows the key (the MUSIC v2 API carries the key and the ID in
+// its lock ids, so that any daemon turns one back into a LockRef without a lookup). An id that is
+// not a plain reference ID wraps ErrInvalid; whether the reference exists is for the lock calls.
+func LockRefFor(t Table, key journal.Row, id string) (LockRef, error) {
+	if err := checkKey(t, key); err != nil {
+		return "", err
+	}
+	ref := LockRef(newKeyID(t, key).lockName() + refSep + id)
+	if _, err := ref.parse(); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
+
 // Keyspace returns the keyspace the reference's key belongs to ("" for a malformed reference).
 func (r LockRef) Keyspace() string {
 	ref, err := r.parse()
