@@ -116,6 +116,15 @@ func (s Subjects) Conflicts(database, table string) string {
 	return s.Prefix + ".conflicts." + EscapeToken(database) + "." + EscapeToken(table)
 }
 
+// Queue is the subject of the notices that a job of a work queue is due (core NATS only: a
+// notice is a wake-up, not a record).
+func (s Subjects) Queue(namespace, name string) string {
+	return s.Prefix + ".queue." + EscapeToken(namespace) + "." + EscapeToken(name)
+}
+
+// QueueAll is the wildcard that matches every queue's notices.
+func (s Subjects) QueueAll() string { return s.Prefix + ".queue.>" }
+
 // streamSubjects are the subjects the JetStream stream captures.
 func (s Subjects) streamSubjects() []string {
 	return []string{s.Prefix + ".changes.>", s.Prefix + ".ownership.>", s.Prefix + ".conflicts.>"}

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
+	"github.com/cenkalti/backoff/v4"
 )
 
 // migration is one step of the journal's Cassandra schema. Steps are applied in order, once, and
@@ -42,6 +44,36 @@ var journalMigrations = []migration{
 	}},
 }
 
+// ExecDDL runs an idempotent schema statement (CREATE ... IF NOT EXISTS), each try bounded by
+// 30 s (DDL waits for schema agreement). Daemons that start together race to create the same
+// tables, and Cassandra 2.1 then fails all but one with "Column family ID mismatch" (or a
+// conflicting schema change): ExecDDL waits for schema agreement and tries again, up to 5 times
+// with backoff, after which the statement finds the table and does nothing.
+func ExecDDL(ctx context.Context, s *gocql.Session, stmt string) error {
+	b := backoff.WithContext(backoff.WithMaxRetries(backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(5*time.Second)), 5), ctx)
+	return backoff.Retry(func() error {
+		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		err := s.Query(stmt).WithContext(qctx).Exec()
+		if err == nil || !isSchemaRace(err) {
+			if err != nil {
+				return backoff.Permanent(err)
+			}
+			return nil
+		}
+		_ = s.AwaitSchemaAgreement(qctx)
+		return err
+	}, b)
+}
+
+// isSchemaRace reports whether err is Cassandra refusing a schema change that raced another.
+func isSchemaRace(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Column family ID mismatch") || strings.Contains(msg, "conflicting") ||
+		strings.Contains(msg, "schema version mismatch")
+}
+
 // migrate creates the keyspace and applies missing migrations. It returns the bucket size the
 // keyspace was created with (fixed for its lifetime: changing it would misplace entries).
 func migrate(ctx context.Context, s *gocql.Session, cfg CassandraConfig, logger *slog.Logger) (uint64, error) {
@@ -50,11 +82,7 @@ func migrate(ctx context.Context, s *gocql.Session, cfg CassandraConfig, logger 
 		return 0, err
 	}
 	ks := cfg.Keyspace
-	exec := func(stmt string, args ...any) error {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // DDL waits for schema agreement
-		defer cancel()
-		return s.Query(stmt, args...).WithContext(ctx).Exec()
-	}
+	exec := func(stmt string) error { return ExecDDL(ctx, s, stmt) }
 	if err := exec(`CREATE KEYSPACE IF NOT EXISTS ` + ks + ` WITH replication = ` + repl); err != nil {
 		return 0, fmt.Errorf("journal: create keyspace %s: %w", ks, err)
 	}

@@ -286,7 +286,7 @@ func NewCassandraBackend(ctx context.Context, session *gocql.Session, cfg Cassan
 		`CREATE TABLE IF NOT EXISTS ` + cfg.MetaKeyspace + `.state_keyspaces (name text PRIMARY KEY, replication text)`,
 		`CREATE TABLE IF NOT EXISTS ` + cfg.MetaKeyspace + `.state_tables ("keyspace" text, name text, definition text, PRIMARY KEY ("keyspace", name))`,
 	} {
-		if err := b.schemaChange(ctx, stmt); err != nil {
+		if err := journal.ExecDDL(ctx, b.s, stmt); err != nil {
 			return nil, cassErr(ctx, err, "create metadata tables in keyspace "+cfg.MetaKeyspace)
 		}
 	}

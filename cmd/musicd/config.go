@@ -13,6 +13,7 @@ import (
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
 	"github.com/musicd/musicd/state"
+	"github.com/musicd/musicd/state/queue"
 )
 
 // Modes of operation (DESIGN.md, "Modes").
@@ -38,6 +39,7 @@ type Config struct {
 	Cassandra journal.CassandraConfig `yaml:"cassandra"`
 	ZooKeeper locks.ZooKeeperConfig   `yaml:"zookeeper"`
 	State     state.Config            `yaml:"state"`
+	Queue     queue.Config            `yaml:"queue"`
 	// Sources are the MariaDB/MySQL databases whose binary logs musicd reads (config file only).
 	Sources []binlog.SourceConfig `yaml:"sources"`
 	// Appliers mirror other sites' streams into local databases (config file only).
@@ -62,6 +64,7 @@ func DefaultConfig() Config {
 		NATS:            feeds.DefaultConfig(),
 		Cassandra:       journal.DefaultCassandraConfig(),
 		State:           state.DefaultConfig(),
+		Queue:           queue.DefaultConfig(),
 		ZooKeeper:       locks.DefaultZooKeeperConfig(),
 	}
 }
@@ -141,6 +144,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.State.Validate(); err != nil {
 		return fmt.Errorf("state.%w", err)
+	}
+	if err := c.Queue.Validate(); err != nil {
+		return fmt.Errorf("queue.%w", err)
 	}
 	seen := map[string]bool{}
 	for i, s := range c.Sources {

@@ -25,6 +25,7 @@ import (
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
 	"github.com/musicd/musicd/state"
+	"github.com/musicd/musicd/state/queue"
 )
 
 // run starts every component the configuration asks for, serves until ctx ends, then shuts down
@@ -56,6 +57,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	var elector locks.Campaigner // distributed mode: captures are elected among the site's instances
 	var lockSvc locks.Service    // key locks and the eventual log's elections
 	var stateBackend state.Backend
+	var queueStore queue.Store
 	if cfg.Mode == modeEmbedded {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return fmt.Errorf("data_dir: %w", err)
@@ -85,6 +87,16 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 			}
 		})
 		stateBackend = sb
+		qs, err := queue.OpenEmbeddedStore(filepath.Join(cfg.DataDir, "queue"), time.Now, logger)
+		if err != nil {
+			return err
+		}
+		closers = append(closers, func() {
+			if err := qs.Close(); err != nil {
+				logger.Warn("closing the queue store", "err", err)
+			}
+		})
+		queueStore = qs
 		// One process owns the data directory: in-process locks, with tokens above every
 		// epoch an earlier run wrote (see locks.InProcessConfig.FirstToken).
 		ip := locks.NewInProcess(locks.InProcessConfig{FirstToken: uint64(time.Now().UnixMicro())})
@@ -152,6 +164,16 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		}
 		closers = append(closers, func() { _ = cb.Close() })
 		stateBackend = cb
+		serial := gocql.Serial
+		if cfg.Queue.SerialConsistency == "LOCAL_SERIAL" {
+			serial = gocql.LocalSerial
+		}
+		qs, err := queue.NewCassandraStore(startCtx, cass.Session, queue.CassandraConfig{Keyspace: cfg.Cassandra.Keyspace,
+			Write: global, Read: local, Serial: serial, Timeout: cfg.Cassandra.Timeout})
+		if err != nil {
+			return startFailed("queue", err)
+		}
+		queueStore = qs
 	}
 
 	// Background components run until shutdown; their closer (run before the clients they use
@@ -305,6 +327,32 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	}
 	spawn("state", stateSvc.Run)
 
+	// The work queue: claims that wait are woken by notices on NATS from every daemon.
+	queueSvc, err := queue.New(cfg.Queue, queue.Deps{Store: queueStore, Elector: elector, Candidate: instance, Logger: logger,
+		Registerer: reg, Notify: func(n queue.Notice) {
+			body, err := json.Marshal(n)
+			if err == nil {
+				err = nc.NC.Publish(subjects.Queue(n.Namespace, n.Name), body)
+			}
+			if err != nil {
+				logger.Debug("publishing a queue notice", "err", err)
+			}
+		}})
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	qsub, err := nc.NC.Subscribe(subjects.QueueAll(), func(m *nats.Msg) {
+		var n queue.Notice
+		if json.Unmarshal(m.Data, &n) == nil {
+			queueSvc.Woken(n)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("nats: subscribe to queue notices: %w", err)
+	}
+	closers = append(closers, func() { _ = qsub.Unsubscribe() })
+	spawn("queue reaper", queueSvc.Run)
+
 	status := &statusSource{site: cfg.Site, instance: instance, mode: cfg.Mode, store: store, relay: relay,
 		captures: captures, sourceNames: sourceNames, appliers: appliers, targets: targets}
 	if elector != nil {
@@ -315,10 +363,10 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		for _, t := range targets {
 			status.elections = append(status.elections, applierElection(cfg.Site, t))
 		}
-		status.elections = append(status.elections, "feeds.sweeper")
+		status.elections = append(status.elections, "feeds.sweeper", queue.ReaperElection)
 	}
 	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build, State: stateSvc,
-		Status: status.status})
+		Queues: queueSvc, Status: status.status})
 	if err != nil {
 		return err
 	}

@@ -24,45 +24,52 @@ type Config struct {
 	// Candidates is how many ready jobs of a shard one read returns; a claim tries them in a
 	// random order, so that workers reading the same shard at once rarely race for one job.
 	// Default 8.
-	Candidates int
+	Candidates int `yaml:"candidates" help:"ready jobs one read of a shard returns (a claim tries them in random order)"`
 	// ReapInterval is how often the reaper (one per deployment, elected) looks for leases that
 	// ran out. Default 1s.
-	ReapInterval time.Duration
+	ReapInterval time.Duration `yaml:"reap_interval" help:"how often the elected reaper returns jobs whose lease ran out"`
 	// ReapGrace is how long after a lease's end the reaper waits before returning the job: the
 	// allowance for clock differences between daemons. Default 500ms.
-	ReapGrace time.Duration
+	ReapGrace time.Duration `yaml:"reap_grace" help:"how long after a lease ends before its job is returned (clock differences between daemons)"`
 	// PollInterval is how long a waiting claim waits for a notification before it reads the
 	// queue again anyway (the fallback when a notification is lost). Default 2s.
-	PollInterval time.Duration
+	PollInterval time.Duration `yaml:"poll_interval" help:"how often a waiting claim reads the queue without a notification (fallback)"`
 	// DefRecheck is how long a daemon trusts its copy of a queue's definition. Default 2s.
-	DefRecheck time.Duration
+	DefRecheck time.Duration `yaml:"def_recheck" help:"how long a queue definition is cached"`
 	// FloorMargin: a claim reads a shard from the due time of the first job it saw there, less
 	// this margin, so that it does not read again past the rows of jobs claimed before (Cassandra
 	// tombstones). Jobs due earlier than that (a clock further behind) are found at the next
 	// full read. Default 1s.
-	FloorMargin time.Duration
+	FloorMargin time.Duration `yaml:"floor_margin" help:"how far before the first due job a claim reads a shard from"`
 	// FloorReset is how often a shard is read from its start regardless. Default 10s.
-	FloorReset time.Duration
+	FloorReset time.Duration `yaml:"floor_reset" help:"how often a claim reads a shard from its start"`
 	// MaxWait bounds how long one claim may wait for a job. Default 60s.
-	MaxWait time.Duration
+	MaxWait time.Duration `yaml:"max_wait" help:"longest wait a claim may ask for"`
 	// OpTimeout bounds the reaper's store calls. Default 10s.
-	OpTimeout time.Duration
+	OpTimeout time.Duration `yaml:"op_timeout" help:"time limit of the reaper's store calls"`
+	// SerialConsistency is the Paxos consistency of claims and every change of an existing job
+	// in distributed mode: SERIAL (exclusive across sites, the default) or LOCAL_SERIAL (within
+	// the local data center only: two sites could claim one job).
+	SerialConsistency string `yaml:"serial_consistency" help:"Cassandra Paxos consistency of claims: SERIAL (across sites) or LOCAL_SERIAL"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Candidates: 8, ReapInterval: time.Second, ReapGrace: 500 * time.Millisecond, PollInterval: 2 * time.Second,
-		DefRecheck: 2 * time.Second, FloorMargin: time.Second, FloorReset: 10 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second}
+		DefRecheck: 2 * time.Second, FloorMargin: time.Second, FloorReset: 10 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second,
+		SerialConsistency: "SERIAL"}
 }
 
 // Validate checks the configuration.
 func (c Config) Validate() error {
 	switch {
 	case c.Candidates < 1 || c.Candidates > 100:
-		return fmt.Errorf("queue.candidates must be 1-100, not %d", c.Candidates)
+		return fmt.Errorf("candidates: must be 1-100, not %d", c.Candidates)
 	case c.ReapInterval <= 0, c.ReapGrace < 0, c.PollInterval <= 0, c.DefRecheck <= 0, c.FloorMargin < 0,
 		c.FloorReset <= 0, c.MaxWait <= 0, c.OpTimeout <= 0:
-		return errors.New("queue: intervals, timeouts and waits must be positive")
+		return errors.New("reap_interval, poll_interval, def_recheck, floor_reset, max_wait, op_timeout: must be positive; reap_grace, floor_margin: not negative")
+	case c.SerialConsistency != "SERIAL" && c.SerialConsistency != "LOCAL_SERIAL":
+		return fmt.Errorf("serial_consistency: %q is not SERIAL or LOCAL_SERIAL", c.SerialConsistency)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
 
+	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/state"
 )
 
@@ -80,10 +81,7 @@ func NewCassandraStore(ctx context.Context, s *gocql.Session, cfg CassandraConfi
 			PRIMARY KEY ((queue, shard), kind, sprio, sdue, id))
 			WITH CLUSTERING ORDER BY (kind ASC, sprio DESC, sdue ASC, id ASC)`,
 	} {
-		qctx, cancel := context.WithTimeout(ctx, time.Minute)
-		err := s.Query(stmt).WithContext(qctx).Consistency(gocql.Quorum).Exec()
-		cancel()
-		if err != nil {
+		if err := journal.ExecDDL(ctx, s, stmt); err != nil {
 			return nil, state.CassandraError(ctx, err, "create the queue tables in keyspace "+cfg.Keyspace)
 		}
 	}
