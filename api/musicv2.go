@@ -77,6 +77,8 @@ type musicRoute struct {
 	open bool
 	// stateless routes work without a State.
 	stateless bool
+	// queue routes (priorityq) need Deps.Queues rather than a State.
+	queue bool
 }
 
 // musicRoutes lists the v2 routes. docs/music-v2.md describes exactly these.
@@ -84,7 +86,7 @@ func (s *Server) musicRoutes() []musicRoute {
 	ks := musicBase + "/keyspaces/{ks}"
 	tb := ks + "/tables/{table}"
 	lk := musicBase + "/locks"
-	return []musicRoute{
+	return slices.Concat([]musicRoute{
 		{pattern: "POST " + ks, h: s.musicCreateKeyspace},
 		{pattern: "DELETE " + ks, h: s.musicDropKeyspace},
 		{pattern: "POST " + tb, h: s.musicCreateTable},
@@ -107,15 +109,15 @@ func (s *Server) musicRoutes() []musicRoute {
 
 		{pattern: "POST " + musicBase + "/conditional/insert/keyspaces/{ks}/tables/{table}", h: s.musicConditionalInsert},
 		{pattern: "PUT " + musicBase + "/conditional/update/keyspaces/{ks}/tables/{table}", h: s.musicConditionalUpdate},
-
-		// musicQ (/priorityq/...) is built separately: its routes go here. Until then the
-		// prefix answers 501 (musicQueueNotServed in NewServer).
-
-		{pattern: "GET " + musicBase + "/service/pingCassandra/{consistency}", h: s.musicPing, open: true},
-		{pattern: "GET " + musicBase + "/service/musicHealthCheck", h: s.musicHealthCheck, open: true, stateless: true},
-		{pattern: "GET " + musicBase + "/version", h: s.musicVersion, open: true, stateless: true},
-		{pattern: "GET " + musicBase + "/version/build", h: s.musicBuild, open: true, stateless: true},
-	}
+	},
+		// musicQ: MUSIC's priority queue over the work queue (musicv2_priorityq.go).
+		s.musicPQRoutes(),
+		[]musicRoute{
+			{pattern: "GET " + musicBase + "/service/pingCassandra/{consistency}", h: s.musicPing, open: true},
+			{pattern: "GET " + musicBase + "/service/musicHealthCheck", h: s.musicHealthCheck, open: true, stateless: true},
+			{pattern: "GET " + musicBase + "/version", h: s.musicVersion, open: true, stateless: true},
+			{pattern: "GET " + musicBase + "/version/build", h: s.musicBuild, open: true, stateless: true},
+		})
 }
 
 // musicStatus is the HTTP status of a v2 failure with one of errorTable's codes. MUSIC answers
@@ -192,6 +194,12 @@ func (s *Server) serveMusic(rt musicRoute) http.HandlerFunc {
 				}
 			}
 			c.query = q
+			if rt.queue {
+				if s.deps.Queues == nil {
+					return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the work queue (musicQ) is not running in this daemon"}
+				}
+				return rt.h(w, r, c)
+			}
 			if s.state == nil && !rt.stateless {
 				return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the keyed state service is not running in this daemon"}
 			}
@@ -243,14 +251,6 @@ func musicNotServed(mux *http.ServeMux) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusNotFound, musicResponse{Status: musicFailure, Error: "no such MUSIC v2 endpoint: " + r.Method + " " + r.URL.Path})
 	}
-}
-
-// musicQueueNotServed holds musicQ's place (/MUSIC/rest/v2/priorityq/...) until its routes are
-// added to musicRoutes.
-func musicQueueNotServed(w http.ResponseWriter, r *http.Request) {
-	setMusicVersionHeaders(w, r)
-	setRequestID(w, r)
-	writeJSON(w, http.StatusNotImplemented, musicResponse{Status: musicFailure, Error: "the MUSIC v2 priority queue (priorityq) is not served by this musicd yet"})
 }
 
 // setRequestID gives the answer of a path no route serves the request's id, when it is valid.

@@ -25,6 +25,12 @@ type Queues interface {
 	Extend(ctx context.Context, namespace, name, id, token string, lease time.Duration) (queue.Job, error)
 	Dead(ctx context.Context, namespace, name, page string, limit int) ([]queue.Job, string, error)
 	Retry(ctx context.Context, namespace, name, id string) (queue.Job, error)
+	// Job, UpdateJob and DeleteJob address a job by id; a claimed job cannot be changed or
+	// deleted (queue.ErrClaimed). Jobs lists every job of a small queue (at most max).
+	Job(ctx context.Context, namespace, name, id string) (queue.Job, error)
+	UpdateJob(ctx context.Context, namespace, name, id string, ch queue.JobChange) (queue.Job, error)
+	DeleteJob(ctx context.Context, namespace, name, id string) (queue.Job, error)
+	Jobs(ctx context.Context, namespace, name string, max int) ([]queue.Job, error)
 }
 
 // queueRoutes are the routes of the work queue (/v1/queues/{ns}/...): a queue belongs to a
@@ -37,6 +43,9 @@ func (s *Server) queueRoutes() []v1Route {
 		{pattern: "DELETE /v1/queues/{ns}/{queue}", h: s.dropQueue, queue: true},
 		{pattern: "POST /v1/queues/{ns}/{queue}/jobs", h: s.enqueue, queue: true},
 		{pattern: "GET /v1/queues/{ns}/{queue}/jobs", h: s.peek, queue: true, params: []string{"limit"}},
+		{pattern: "GET /v1/queues/{ns}/{queue}/jobs/{id}", h: s.getJob, queue: true},
+		{pattern: "PATCH /v1/queues/{ns}/{queue}/jobs/{id}", h: s.updateJob, queue: true},
+		{pattern: "DELETE /v1/queues/{ns}/{queue}/jobs/{id}", h: s.deleteJob, queue: true},
 		{pattern: "POST /v1/queues/{ns}/{queue}/claim", h: s.claim, queue: true},
 		{pattern: "POST /v1/queues/{ns}/{queue}/jobs/{id}/complete", h: s.completeJob, queue: true},
 		{pattern: "POST /v1/queues/{ns}/{queue}/jobs/{id}/release", h: s.releaseJob, queue: true},
@@ -328,5 +337,40 @@ func (s *Server) retryJob(w http.ResponseWriter, r *http.Request, c *call) error
 	return s.inQueue(r, c, true, 0, func(ctx context.Context, ns, name string) error {
 		j, err := s.deps.Queues.Retry(ctx, ns, name, r.PathValue("id"))
 		return answer(w, http.StatusOK, toJobJSON(j), err)
+	})
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	return s.inQueue(r, c, false, 0, func(ctx context.Context, ns, name string) error {
+		j, err := s.deps.Queues.Job(ctx, ns, name, r.PathValue("id"))
+		return answer(w, http.StatusOK, toJobJSON(j), err)
+	})
+}
+
+// jobChangeBody changes a ready or dead job: payload (any JSON value) and priority, each
+// unchanged when absent.
+type jobChangeBody struct {
+	Payload  json.RawMessage `json:"payload"`
+	Priority *int            `json:"priority"`
+}
+
+func (s *Server) updateJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	var body jobChangeBody
+	if err := s.decodeBody(w, r, &body, true); err != nil {
+		return err
+	}
+	if body.Payload == nil && body.Priority == nil {
+		return invalid("give payload, priority or both")
+	}
+	return s.inQueue(r, c, true, 0, func(ctx context.Context, ns, name string) error {
+		j, err := s.deps.Queues.UpdateJob(ctx, ns, name, r.PathValue("id"), queue.JobChange{Payload: body.Payload, Priority: body.Priority})
+		return answer(w, http.StatusOK, toJobJSON(j), err)
+	})
+}
+
+func (s *Server) deleteJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	return s.inQueue(r, c, true, 0, func(ctx context.Context, ns, name string) error {
+		_, err := s.deps.Queues.DeleteJob(ctx, ns, name, r.PathValue("id"))
+		return answer(w, http.StatusNoContent, nil, err)
 	})
 }

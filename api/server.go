@@ -178,7 +178,6 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		instrumented(rt.pattern, path, s.serveMusic(rt))
 		s.musicPatterns = append(s.musicPatterns, rt.pattern)
 	}
-	instrumented(musicBase+"/priorityq/", musicBase+"/priorityq/", http.HandlerFunc(musicQueueNotServed))
 	instrumented("/MUSIC/rest/", "music_other", musicNotServed(mux))
 	route("/", "other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/") {

@@ -100,7 +100,7 @@ func errorTable() []errorCode {
 		{codeLeaseExpired, http.StatusGone, []error{queue.ErrLeaseExpired},
 			"The queue job's lease has run out: the job goes back to the queue (or to the dead letters), and this claim may no longer complete, release or extend it."},
 		{codeNotHolder, http.StatusConflict, []error{state.ErrNotHolder, locks.ErrNotHeld, locks.ErrLockLost},
-			"A critical operation or a lock call came from a lock reference that does not hold the key's lock (never did, released, expired, forced out, or fenced by a newer holder); or a queue call came with a token that does not hold the job (another claim, completed, released)."},
+			"A critical operation or a lock call came from a lock reference that does not hold the key's lock (never did, released, expired, forced out, or fenced by a newer holder); or a queue call came with a token that does not hold the job (another claim, completed, released), or would change or delete a job a worker has claimed."},
 		{codeConditionFailed, http.StatusPreconditionFailed, []error{state.ErrConditionFailed},
 			"A compare-and-set found another version (`If-Match`), an existing row (`If-None-Match: *`), no row, or other column values (`if`). Nothing changed."},
 		{codeBodyTooLarge, http.StatusRequestEntityTooLarge, nil,

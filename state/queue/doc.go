@@ -9,6 +9,21 @@
 // (or dead-letters them after the queue's MaxAttempts). Claims that find nothing wait for a
 // notice (NATS in the daemon) that a job is due, polling as a fallback.
 //
+// # Jobs by id
+//
+// Every live job (ready, claimed or dead) has an index row under its id in its shard's
+// partition, pointing at the job's row. The store writes it in the same atomic write as every
+// insert and move of the job (enqueue, claim, release, reap, complete, retry, dead-letter,
+// update, delete), so it is always exact, and a claim stays one lightweight transaction. Job
+// reads a job by id (the index row, then the row, both linearizably); UpdateJob changes a ready
+// or dead job's payload and priority (a ready job moves to its new level, keeping its due time);
+// DeleteJob removes a ready or dead job. Both are one conditional write on the job's row, as a
+// claim is, so a claim and a change never both succeed: a claimed job is refused (ErrClaimed)
+// until its claim ends. Jobs lists every job of a small queue (at most MaxScan, one bounded read
+// per shard). An enqueue with an id is refused (a duplicate) while a job with that id lives,
+// beyond the dedup window; NewJob.Unique drops the dedup window, so that the id is free again
+// once its job is gone.
+//
 // Store is implemented on Cassandra (distributed mode) and Pebble (embedded mode); both pass one
 // conformance suite. See docs/queue.md.
 package queue

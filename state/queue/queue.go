@@ -54,6 +54,9 @@ type Def struct {
 	// DedupWindow is how long a client-supplied job id is remembered: enqueuing the same id
 	// again within it is answered with the first job and changes nothing. Default 24h.
 	DedupWindow Duration `json:"dedup_window"`
+	// Schema is an opaque description of the jobs' payload that an API layer keeps with the
+	// queue (the MUSIC v2 priorityq layer: its table's columns and keys, as JSON); "" for none.
+	Schema string `json:"schema,omitempty"`
 	// Created is when the queue was created (microseconds); a queue dropped and created again
 	// under the same name has another.
 	Created int64 `json:"created"`
@@ -144,10 +147,36 @@ const (
 	// kindDone remembers a completed job (its token) for the dedup window, so that a complete
 	// retried after a lost answer succeeds again instead of failing.
 	kindDone kind = 4
+	// kindIndex is a job's index row: one per live job (ready, claimed or dead), under the job's
+	// id, whose payload is the slot of the job's row (encodeSlot). The store writes it in the
+	// same atomic write as every insert and move of the job, so it is always exact: it is how a
+	// job is found by id although ready rows are clustered by priority and due time.
+	kindIndex kind = 5
 )
 
 // expires reports whether rows of k live only for the queue's dedup window.
 func (k kind) expires() bool { return k == kindDedup || k == kindDone }
+
+// isJob reports whether rows of k are jobs (and have an index row).
+func (k kind) isJob() bool { return k == kindReady || k == kindClaimed || k == kindDead }
+
+// indexRow is the index row of the job at s.
+func indexRow(s slot) *Job {
+	return &Job{slot: slot{Kind: kindIndex, ID: s.ID}, ID: s.ID, Payload: encodeSlot(s)}
+}
+
+// encodeSlot is an index row's payload: kind (1 byte), priority (1 byte), due (8 bytes).
+func encodeSlot(s slot) []byte {
+	return binary.BigEndian.AppendUint64([]byte{byte(s.Kind), byte(s.Priority)}, uint64(s.Due))
+}
+
+// decodeSlot reads an index row's payload.
+func decodeSlot(id string, b []byte) (slot, error) {
+	if len(b) != 10 || !kind(b[0]).isJob() {
+		return slot{}, fmt.Errorf("queue: corrupt index row of job %s", id)
+	}
+	return slot{Kind: kind(b[0]), Priority: int(b[1]), Due: int64(binary.BigEndian.Uint64(b[2:])), ID: id}, nil
+}
 
 // slot is a row's place in its shard's partition: ready rows sort by priority (highest first)
 // then due time, so that the next job is at the front of a bounded read; claimed, dead and dedup

@@ -238,9 +238,13 @@ func (s *Service) Queue(ctx context.Context, namespace, name string) (Def, error
 
 // NewJob is what a client enqueues.
 type NewJob struct {
-	// ID, when given, deduplicates: enqueuing an id seen within the queue's dedup window
-	// returns that job and changes nothing. Empty: the service generates one.
-	ID       string
+	// ID, when given, deduplicates: enqueuing an id seen within the queue's dedup window, or the
+	// id of a job that is still in the queue (ready, claimed or dead), returns that job and
+	// changes nothing. Empty: the service generates one.
+	ID string
+	// Unique (with ID): the id is refused (dup) only while a job with it is in the queue; it is
+	// not remembered after the job is gone (completed or deleted), so it can be enqueued again.
+	Unique   bool
 	Payload  []byte
 	Priority int
 	Delay    time.Duration
@@ -257,8 +261,12 @@ func (s *Service) Enqueue(ctx context.Context, namespace, name string, nj NewJob
 	if err != nil {
 		return Job{}, false, err
 	}
-	dedup := nj.ID != ""
-	if !dedup {
+	mode := insertDedup
+	if nj.Unique {
+		mode = insertUnique
+	}
+	if nj.ID == "" {
+		mode = insertNew
 		nj.ID = strconv.FormatUint(s.rand(), 36) + strconv.FormatUint(s.rand(), 36)
 	}
 	switch {
@@ -274,7 +282,7 @@ func (s *Service) Enqueue(ctx context.Context, namespace, name string, nj NewJob
 	now := s.nowMicros()
 	j = Job{Shard: shardOf(nj.ID, d.Shards), ID: nj.ID, Priority: nj.Priority, Payload: nj.Payload, Enqueued: now,
 		Due: now + nj.Delay.Microseconds()}
-	dup, err = s.store.Insert(ctx, d, j, dedup)
+	dup, err = s.store.Insert(ctx, d, j, mode)
 	if err != nil {
 		return Job{}, false, err
 	}

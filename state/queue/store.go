@@ -9,7 +9,9 @@ import "context"
 //
 // The rows of one shard form one Cassandra partition. Every change to an existing job is one
 // conditional write of that partition (a lightweight transaction), so changes to one job are
-// linearizable from any site; inserts of new jobs are plain writes of rows no one else writes.
+// linearizable from any site; inserts of jobs with generated ids are plain writes of rows no one
+// else writes. Each live job has an index row under its id, written with the job in the same
+// atomic write (see kindIndex), so that a job is found by id.
 type Store interface {
 	// CreateQueue stores d unless a queue of that name exists: then it returns the stored
 	// definition and state.ErrExists.
@@ -22,23 +24,76 @@ type Store interface {
 	// Queues lists the queues of a namespace, by name; "" lists every queue.
 	Queues(ctx context.Context, namespace string) ([]Def, error)
 
-	// Insert adds j as a ready job. With dedup, it also records j.ID for d.DedupWindow, atomically
-	// with the insert: if the id is recorded already it changes nothing and returns dup = true.
-	Insert(ctx context.Context, d Def, j Job, dedup bool) (dup bool, err error)
+	// Insert adds j as a ready job, with its index row, atomically. mode says what an id that is
+	// in use does: insertNew (a generated id) does not look; insertDedup also records j.ID for
+	// d.DedupWindow, and changes nothing, returning dup = true, if the id is recorded or a job
+	// with it lives (ready, claimed or dead); insertUnique changes nothing (dup = true) if a job
+	// with the id lives, and records nothing. The last two are one conditional write.
+	Insert(ctx context.Context, d Def, j Job, mode insertMode) (dup bool, err error)
 	// Ready returns at most limit ready jobs of one shard and priority whose due time is within
 	// [from, to], earliest first. It is a bounded read of the front of the partition.
 	Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error)
-	// Rows returns at most limit rows of one kind (claimed, dead) of a shard, by id, after the id
-	// after ("" to start).
+	// Rows returns at most limit rows of one kind (claimed, dead, index) of a shard, by id, after
+	// the id after ("" to start).
 	Rows(ctx context.Context, d Def, shard int, k kind, after string, limit int) ([]Job, error)
+	// Scan returns at most limit jobs of a shard, in the partition's order: ready jobs (by
+	// priority, highest first, then due time), then claimed jobs and dead letters (by id). It is
+	// one bounded read.
+	Scan(ctx context.Context, d Def, shard, limit int) ([]Job, error)
 	// Get reads one row linearizably (a Paxos read in Cassandra): nil if there is none. It is how
 	// a caller learns the outcome of a Move that failed with an unknown outcome.
 	Get(ctx context.Context, d Def, shard int, s slot) (*Job, error)
-	// Move replaces the row at from (a slot of shard) by the rows of to, if the row at from
+	// Move replaces the row at from (a job's slot in shard) by the rows of to, if the row at from
 	// exists and satisfies c; atomically. A nil element of to is skipped; a row of to at from's
-	// slot updates the row's claim (Token and LeaseUntil) in place. When the condition fails it
-	// returns ok = false and, when the row exists, its token (nil when there is none).
+	// slot updates the row in place: its claim (Token and LeaseUntil), and, when its Payload is
+	// not nil, its Payload and Priority (an in-place change of a claimed row needs c.token). In
+	// the same atomic write, Move keeps the job's index row
+	// exact: it points at the row of to that is the job (ready, claimed or dead, with from's id),
+	// or is removed when there is none (completed, deleted). When the condition fails it returns
+	// ok = false and, when the row exists, its token (nil when there is none).
 	Move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (ok bool, cur *Job, err error)
+}
+
+// insertMode is how Insert treats an id in use.
+type insertMode int
+
+const (
+	// insertNew: the id is new (generated); the job is written without a condition.
+	insertNew insertMode = iota
+	// insertDedup: the id is remembered for the queue's dedup window; while it is, or while a job
+	// with the id lives, an insert changes nothing.
+	insertDedup
+	// insertUnique: while a job with the id lives, an insert changes nothing; nothing is
+	// remembered after the job is gone.
+	insertUnique
+)
+
+// locate reads the index row of job id linearizably: the slot of the job's row, or nil if no job
+// with that id lives.
+func locate(ctx context.Context, st Store, d Def, shard int, id string) (*slot, error) {
+	ix, err := st.Get(ctx, d, shard, slot{Kind: kindIndex, ID: id})
+	if err != nil || ix == nil {
+		return nil, err
+	}
+	s, err := decodeSlot(id, ix.Payload)
+	if err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// indexAfterMove is the index row a Move from from to to leaves: nil to keep the row as it is
+// (the job stays in place), or the new row; del reports that the job is gone.
+func indexAfterMove(from slot, to []*Job) (ix *Job, del bool) {
+	for _, j := range to {
+		if j != nil && j.slot.ID == from.ID && j.slot.Kind.isJob() {
+			if j.slot == from {
+				return nil, false
+			}
+			return indexRow(j.slot), false
+		}
+	}
+	return nil, true
 }
 
 // cond is the condition of a Move beyond the row's existence.

@@ -55,7 +55,8 @@ func (c CassandraConfig) withDefaults() CassandraConfig {
 //	queue_jobs ((queue, shard), kind, sprio, sdue, id)    one partition per shard
 //
 // A shard's partition holds its ready jobs first (kind 0, by priority descending then due
-// time), then claimed jobs, dead letters, dedup ids and completed ids (kinds 1-4, by id).
+// time), then claimed jobs, dead letters, dedup ids, completed ids and index rows (kinds 1-5, by
+// id; an index row's payload is the slot of its job's row).
 // queue is namespace.name/<creation time>, so a queue dropped and created again never sees the
 // old one's rows.
 type CassandraStore struct {
@@ -206,23 +207,28 @@ func (st *CassandraStore) insertStmt(d Def, shard int, j *Job, ifNotExists bool)
 }
 
 // Insert implements Store.
-func (st *CassandraStore) Insert(ctx context.Context, d Def, j Job, dedup bool) (bool, error) {
+func (st *CassandraStore) Insert(ctx context.Context, d Def, j Job, mode insertMode) (bool, error) {
 	j.slot = slot{Kind: kindReady, Priority: j.Priority, Due: j.Due, ID: j.ID}
 	stmt, args := st.insertStmt(d, j.Shard, &j, false)
-	if !dedup {
-		q, cancel := st.query(ctx, st.cfg.Write, stmt, args...)
-		defer cancel()
-		if err := q.Exec(); err != nil {
+	istmt, iargs := st.insertStmt(d, j.Shard, indexRow(j.slot), mode != insertNew)
+	bctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout)
+	defer cancel()
+	b := st.s.Batch(gocql.UnloggedBatch).WithContext(bctx).Consistency(st.cfg.Write).SerialConsistency(st.cfg.Serial)
+	if mode == insertNew {
+		// One partition: the unlogged batch is applied atomically.
+		b.Query(stmt, args...)
+		b.Query(istmt, iargs...)
+		if err := b.Exec(); err != nil {
 			return false, state.CassandraError(ctx, err, "enqueue into "+d.Key())
 		}
 		return false, nil
 	}
-	marker := Job{slot: slot{Kind: kindDedup, ID: j.ID}, Enqueued: j.Enqueued}
-	mstmt, margs := st.insertStmt(d, j.Shard, &marker, true)
-	bctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout)
-	defer cancel()
-	b := st.s.Batch(gocql.UnloggedBatch).WithContext(bctx).Consistency(st.cfg.Write).SerialConsistency(st.cfg.Serial)
-	b.Query(mstmt, margs...)
+	if mode == insertDedup {
+		marker := Job{slot: slot{Kind: kindDedup, ID: j.ID}, Enqueued: j.Enqueued}
+		mstmt, margs := st.insertStmt(d, j.Shard, &marker, true)
+		b.Query(mstmt, margs...)
+	}
+	b.Query(istmt, iargs...)
 	b.Query(stmt, args...)
 	applied, iter, err := b.MapExecCAS(map[string]any{})
 	if iter != nil {
@@ -271,6 +277,11 @@ func (st *CassandraStore) Rows(ctx context.Context, d Def, shard int, k kind, af
 		`kind = ? AND sprio = 0 AND sdue = 0 AND id > ? LIMIT ?`, storageKey(d), shard, int(k), after, limit)
 }
 
+// Scan implements Store.
+func (st *CassandraStore) Scan(ctx context.Context, d Def, shard, limit int) ([]Job, error) {
+	return st.selectJobs(ctx, st.cfg.Read, "read jobs of "+d.Key(), shard, `kind <= ? LIMIT ?`, storageKey(d), shard, int(kindDead), limit)
+}
+
 // Get implements Store.
 func (st *CassandraStore) Get(ctx context.Context, d Def, shard int, s slot) (*Job, error) {
 	js, err := st.selectJobs(ctx, st.cfg.Serial, "read job "+s.ID+" of "+d.Key(), shard,
@@ -304,6 +315,9 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 			inPlace = true
 		}
 	}
+	if inPlace && c.token == "" && from.Kind == kindClaimed {
+		return false, nil, fmt.Errorf("queue: an in-place change of claimed job %s needs its token", from.ID)
+	}
 	if !inPlace {
 		b.Query(`DELETE FROM `+st.ks+`.queue_jobs`+where+ifc, append(whereArgs, ifArgs...)...)
 	}
@@ -312,11 +326,30 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 			continue
 		}
 		if j.slot == from {
-			args := append(append([]any{j.Token, j.LeaseUntil}, whereArgs...), ifArgs...)
-			b.Query(`UPDATE `+st.ks+`.queue_jobs SET claim_token = ?, lease_until = ?`+where+ifc, args...)
+			set, args := `claim_token = ?, lease_until = ?`, []any{j.Token, j.LeaseUntil}
+			if j.Payload != nil {
+				set, args = set+`, payload = ?, priority = ?`, append(args, j.Payload, j.Priority)
+			}
+			uifc, uifArgs := ifc, ifArgs
+			if c.token == "" {
+				// Cassandra 2.1.0 has no UPDATE ... IF EXISTS: a ready or dead row's token is
+				// always empty, so this condition holds exactly when the row exists.
+				uifc, uifArgs = ` IF claim_token = ?`, []any{""}
+			}
+			args = append(append(args, whereArgs...), uifArgs...)
+			b.Query(`UPDATE `+st.ks+`.queue_jobs SET `+set+where+uifc, args...)
 			continue
 		}
 		stmt, args := st.insertStmt(d, shard, j, false)
+		b.Query(stmt, args...)
+	}
+	// The index row, in the same conditional batch (no condition of its own).
+	switch ix, del := indexAfterMove(from, to); {
+	case del:
+		b.Query(`DELETE FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = ? AND sprio = 0 AND sdue = 0 AND id = ?`,
+			key, shard, int(kindIndex), from.ID)
+	case ix != nil:
+		stmt, args := st.insertStmt(d, shard, ix, false)
 		b.Query(stmt, args...)
 	}
 	prev := map[string]any{}

@@ -107,7 +107,7 @@ func TestStoreConformance(t *testing.T) {
 			if err != nil || len(all) < 2 {
 				t.Fatalf("Queues(\"\"): %+v %v", all, err)
 			}
-			if _, err := st.Insert(ctx, d2, Job{Shard: 1, ID: "x", Due: 1}, false); err != nil {
+			if _, err := st.Insert(ctx, d2, Job{Shard: 1, ID: "x", Due: 1}, insertNew); err != nil {
 				t.Fatal(err)
 			}
 			if err := st.DropQueue(ctx, "app", "defs2"); err != nil {
@@ -130,7 +130,7 @@ func TestStoreConformance(t *testing.T) {
 				{ID: "b2", Priority: 1, Due: 20}, {ID: "hi", Priority: 2, Due: 50}, {ID: "lo", Priority: 0, Due: 5},
 			} {
 				j.Shard, j.Enqueued, j.Payload = 2, j.Due, []byte("p-"+j.ID)
-				if _, err := st.Insert(ctx, d, j, false); err != nil {
+				if _, err := st.Insert(ctx, d, j, insertNew); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -173,20 +173,24 @@ func TestStoreConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			j := Job{Shard: 0, ID: "once", Due: 1, Payload: []byte("first")}
-			if dup, err := st.Insert(ctx, d, j, true); err != nil || dup {
+			if dup, err := st.Insert(ctx, d, j, insertDedup); err != nil || dup {
 				t.Fatalf("first insert: dup=%v %v", dup, err)
 			}
 			j.Payload, j.Due = []byte("second"), 2
-			if dup, err := st.Insert(ctx, d, j, true); err != nil || !dup {
+			if dup, err := st.Insert(ctx, d, j, insertDedup); err != nil || !dup {
 				t.Fatalf("second insert: dup=%v %v, want dup", dup, err)
 			}
 			jobs, _ := st.Ready(ctx, d, 0, 0, 0, 100, 10)
 			if len(jobs) != 1 || string(jobs[0].Payload) != "first" {
 				t.Fatalf("after a duplicate: %+v", jobs)
 			}
+			// A live job holds its id beyond the dedup window: remove the job first.
+			if ok, _, err := st.Move(ctx, d, 0, jobs[0].slot, cond{}); err != nil || !ok {
+				t.Fatalf("remove the job: %v %v", ok, err)
+			}
 			// The id is remembered for the dedup window (1s here), then forgotten.
 			testenv.WaitFor(t, 10*time.Second, "the dedup id to expire", func() bool {
-				dup, err := st.Insert(ctx, d, Job{Shard: 0, ID: "once", Due: 3}, true)
+				dup, err := st.Insert(ctx, d, Job{Shard: 0, ID: "once", Due: 3}, insertDedup)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -199,7 +203,7 @@ func TestStoreConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			ready := Job{Shard: 1, ID: "j", Priority: 2, Due: 7, Payload: []byte("pl")}
-			if _, err := st.Insert(ctx, d, ready, false); err != nil {
+			if _, err := st.Insert(ctx, d, ready, insertNew); err != nil {
 				t.Fatal(err)
 			}
 			rs := slot{Kind: kindReady, Priority: 2, Due: 7, ID: "j"}
@@ -266,13 +270,138 @@ func TestStoreConformance(t *testing.T) {
 				return got == nil
 			})
 		})
+		t.Run("index", func(t *testing.T) {
+			d := testDef("index")
+			if _, err := st.CreateQueue(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			where := func(id string) *slot {
+				t.Helper()
+				s, err := locate(ctx, st, d, 1, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			if s := where("a"); s != nil {
+				t.Fatalf("index of no job: %+v", s)
+			}
+			if dup, err := st.Insert(ctx, d, Job{Shard: 1, ID: "a", Priority: 1, Due: 5, Payload: []byte("pa")}, insertNew); err != nil || dup {
+				t.Fatalf("insert a: %v %v", dup, err)
+			}
+			rs := slot{Kind: kindReady, Priority: 1, Due: 5, ID: "a"}
+			if s := where("a"); s == nil || *s != rs {
+				t.Fatalf("index of a ready job: %+v, want %+v", s, rs)
+			}
+			// Unique and dedup inserts of a live job's id change nothing.
+			for _, m := range []insertMode{insertUnique, insertDedup} {
+				if dup, err := st.Insert(ctx, d, Job{Shard: 1, ID: "a", Priority: 2, Due: 6, Payload: []byte("again")}, m); err != nil || !dup {
+					t.Fatalf("insert (mode %d) of a live id: dup=%v %v, want dup", m, dup, err)
+				}
+			}
+			if jobs, _ := st.Ready(ctx, d, 1, 2, 0, 100, 10); len(jobs) != 0 {
+				t.Fatalf("a duplicate was inserted: %+v", jobs)
+			}
+			// Claim: the index follows the job to its claimed row.
+			claimed := Job{Shard: 1, slot: slot{Kind: kindClaimed, ID: "a"}, ID: "a", Priority: 1, Due: 5, Payload: []byte("pa"), Token: "t1", LeaseUntil: 99, Attempts: 1}
+			if ok, _, err := st.Move(ctx, d, 1, rs, cond{}, &claimed); err != nil || !ok {
+				t.Fatalf("claim: %v %v", ok, err)
+			}
+			if s := where("a"); s == nil || *s != claimed.slot {
+				t.Fatalf("index of a claimed job: %+v", s)
+			}
+			// Extend in place: the index stays.
+			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t1"}, &Job{slot: claimed.slot, ID: "a", Token: "t2", LeaseUntil: 200}); err != nil || !ok {
+				t.Fatalf("extend: %v %v", ok, err)
+			}
+			if s := where("a"); s == nil || *s != claimed.slot {
+				t.Fatalf("index after extend: %+v", s)
+			}
+			// Release to another priority.
+			back := Job{Shard: 1, slot: slot{Kind: kindReady, Priority: 2, Due: 8, ID: "a"}, ID: "a", Priority: 2, Due: 8, Payload: []byte("pa")}
+			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t2"}, &back); err != nil || !ok {
+				t.Fatalf("release: %v %v", ok, err)
+			}
+			if s := where("a"); s == nil || *s != back.slot {
+				t.Fatalf("index after release: %+v", s)
+			}
+			// In place, a Payload replaces payload and priority; the claim fields are as given.
+			upd := &Job{slot: back.slot, ID: "a", Payload: []byte("new"), Priority: 2}
+			if ok, _, err := st.Move(ctx, d, 1, back.slot, cond{}, upd); err != nil || !ok {
+				t.Fatalf("update in place: %v %v", ok, err)
+			}
+			if got, _ := st.Get(ctx, d, 1, back.slot); got == nil || string(got.Payload) != "new" || got.Priority != 2 || got.Due != 8 || got.Token != "" {
+				t.Fatalf("after the update in place: %+v", got)
+			}
+			if s := where("a"); s == nil || *s != back.slot {
+				t.Fatalf("index after the update in place: %+v", s)
+			}
+			// Dead-letter, then delete: the index goes with the job, and the id is free again.
+			dead := Job{Shard: 1, slot: slot{Kind: kindDead, ID: "a"}, ID: "a", Priority: 2, Payload: []byte("new"), Died: 9}
+			if ok, _, err := st.Move(ctx, d, 1, back.slot, cond{}, &dead); err != nil || !ok {
+				t.Fatalf("dead-letter: %v %v", ok, err)
+			}
+			if s := where("a"); s == nil || *s != dead.slot {
+				t.Fatalf("index of a dead job: %+v", s)
+			}
+			if ok, _, err := st.Move(ctx, d, 1, dead.slot, cond{}); err != nil || !ok {
+				t.Fatalf("delete: %v %v", ok, err)
+			}
+			if s := where("a"); s != nil {
+				t.Fatalf("index of a deleted job: %+v", s)
+			}
+			if dup, err := st.Insert(ctx, d, Job{Shard: 1, ID: "a", Due: 10}, insertUnique); err != nil || dup {
+				t.Fatalf("unique insert of a deleted job's id: dup=%v %v", dup, err)
+			}
+			// Complete: the done row is not a job; the index goes.
+			r2 := slot{Kind: kindReady, Due: 10, ID: "a"}
+			c2 := Job{Shard: 1, slot: slot{Kind: kindClaimed, ID: "a"}, ID: "a", Token: "t3", LeaseUntil: 99}
+			if ok, _, err := st.Move(ctx, d, 1, r2, cond{}, &c2); err != nil || !ok {
+				t.Fatalf("claim again: %v %v", ok, err)
+			}
+			if ok, _, err := st.Move(ctx, d, 1, c2.slot, cond{token: "t3"}, &Job{slot: slot{Kind: kindDone, ID: "a"}, ID: "a", Token: "t3"}); err != nil || !ok {
+				t.Fatalf("complete: %v %v", ok, err)
+			}
+			if s := where("a"); s != nil {
+				t.Fatalf("index of a completed job: %+v", s)
+			}
+			// Scan: jobs only (no index, dedup or done rows), ready by priority then due, then
+			// claimed and dead by id; bounded.
+			for _, j := range []Job{{ID: "s1", Priority: 0, Due: 1}, {ID: "s2", Priority: 2, Due: 3}, {ID: "s3", Priority: 2, Due: 2}} {
+				j.Shard = 1
+				if _, err := st.Insert(ctx, d, j, insertDedup); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c4 := Job{Shard: 1, slot: slot{Kind: kindClaimed, ID: "s1"}, ID: "s1", Token: "t4", LeaseUntil: 99}
+			if ok, _, err := st.Move(ctx, d, 1, slot{Kind: kindReady, Due: 1, ID: "s1"}, cond{}, &c4); err != nil || !ok {
+				t.Fatalf("claim s1: %v %v", ok, err)
+			}
+			all, err := st.Scan(ctx, d, 1, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, j := range all {
+				got = append(got, j.ID+"/"+[]string{"ready", "claimed", "dead"}[j.slot.Kind])
+			}
+			if want := []string{"s3/ready", "s2/ready", "s1/claimed"}; !equal(got, want) {
+				t.Fatalf("scan: %v, want %v", got, want)
+			}
+			if some, _ := st.Scan(ctx, d, 1, 2); len(some) != 2 {
+				t.Fatalf("scan with limit 2: %d jobs", len(some))
+			}
+			if none, _ := st.Scan(ctx, d, 0, 10); len(none) != 0 {
+				t.Fatalf("scan of an empty shard: %+v", none)
+			}
+		})
 		t.Run("rows paging", func(t *testing.T) {
 			d := testDef("paging")
 			if _, err := st.CreateQueue(ctx, d); err != nil {
 				t.Fatal(err)
 			}
 			for _, id := range []string{"d1", "d2", "d3"} {
-				if _, err := st.Insert(ctx, d, Job{Shard: 0, ID: id, Due: 1}, false); err != nil {
+				if _, err := st.Insert(ctx, d, Job{Shard: 0, ID: id, Due: 1}, insertNew); err != nil {
 					t.Fatal(err)
 				}
 				dead := &Job{slot: slot{Kind: kindDead, ID: id}, ID: id, Died: 9, Error: "boom"}

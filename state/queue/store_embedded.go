@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -200,45 +201,47 @@ func (st *EmbeddedStore) Queues(ctx context.Context, namespace string) ([]Def, e
 }
 
 // Insert implements Store.
-func (st *EmbeddedStore) Insert(_ context.Context, d Def, j Job, dedup bool) (bool, error) {
+func (st *EmbeddedStore) Insert(ctx context.Context, d Def, j Job, mode insertMode) (bool, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	b := st.db.NewBatch()
 	defer b.Close()
-	if dedup {
-		ms := slot{Kind: kindDedup, ID: j.ID}
-		mk := slotKey(d, j.Shard, ms)
-		v, ok, err := st.get(mk)
-		if err != nil {
+	if mode != insertNew {
+		if loc, err := locate(ctx, st, d, j.Shard, j.ID); err != nil {
 			return false, err
+		} else if loc != nil {
+			return true, nil
 		}
-		if ok {
-			cur, err := st.decode(j.Shard, ms, v)
-			if err != nil {
-				return false, err
-			}
-			if cur != nil {
-				return true, nil
-			}
+	}
+	if mode == insertDedup {
+		ms := slot{Kind: kindDedup, ID: j.ID}
+		if cur, err := st.Get(ctx, d, j.Shard, ms); err != nil {
+			return false, err
+		} else if cur != nil {
+			return true, nil
 		}
 		marker := Job{slot: ms, Enqueued: j.Enqueued}
-		raw, err := st.encode(d, &marker)
-		if err != nil {
-			return false, err
-		}
-		if err := b.Set(mk, raw, nil); err != nil {
+		if err := st.set(b, d, j.Shard, &marker); err != nil {
 			return false, err
 		}
 	}
 	j.slot = slot{Kind: kindReady, Priority: j.Priority, Due: j.Due, ID: j.ID}
-	raw, err := st.encode(d, &j)
-	if err != nil {
+	if err := st.set(b, d, j.Shard, &j); err != nil {
 		return false, err
 	}
-	if err := b.Set(slotKey(d, j.Shard, j.slot), raw, nil); err != nil {
+	if err := st.set(b, d, j.Shard, indexRow(j.slot)); err != nil {
 		return false, err
 	}
 	return false, b.Commit(pebble.Sync)
+}
+
+// set adds the write of j at its slot to b.
+func (st *EmbeddedStore) set(b *pebble.Batch, d Def, shard int, j *Job) error {
+	raw, err := st.encode(d, j)
+	if err != nil {
+		return err
+	}
+	return b.Set(slotKey(d, shard, j.slot), raw, nil)
 }
 
 func (st *EmbeddedStore) scan(ctx context.Context, d Def, shard int, lo, hi []byte, limit int, keep func(*Job) bool) ([]Job, error) {
@@ -280,6 +283,13 @@ func (st *EmbeddedStore) Rows(ctx context.Context, d Def, shard int, k kind, aft
 	return st.scan(ctx, d, shard, lo, hi, limit, func(j *Job) bool { return j.ID > after })
 }
 
+// Scan implements Store.
+func (st *EmbeddedStore) Scan(ctx context.Context, d Def, shard, limit int) ([]Job, error) {
+	lo := append(shardPrefix(d, shard), byte(kindReady))
+	hi := append(shardPrefix(d, shard), byte(kindDead)+1)
+	return st.scan(ctx, d, shard, lo, hi, limit, func(*Job) bool { return true })
+}
+
 // Get implements Store.
 func (st *EmbeddedStore) Get(_ context.Context, d Def, shard int, s slot) (*Job, error) {
 	v, ok, err := st.get(slotKey(d, shard, s))
@@ -303,6 +313,9 @@ func (st *EmbeddedStore) Move(ctx context.Context, d Def, shard int, from slot, 
 	if !c.holds(cur) {
 		return false, &Job{Shard: shard, slot: from, ID: from.ID, Token: cur.Token}, nil
 	}
+	if c.token == "" && from.Kind == kindClaimed && slices.ContainsFunc(to, func(j *Job) bool { return j != nil && j.slot == from }) {
+		return false, nil, fmt.Errorf("queue: an in-place change of claimed job %s needs its token", from.ID)
+	}
 	b := st.db.NewBatch()
 	defer b.Close()
 	if err := b.Delete(slotKey(d, shard, from), nil); err != nil {
@@ -315,13 +328,22 @@ func (st *EmbeddedStore) Move(ctx context.Context, d Def, shard int, from slot, 
 		if j.slot == from {
 			updated := *cur
 			updated.Token, updated.LeaseUntil = j.Token, j.LeaseUntil
+			if j.Payload != nil {
+				updated.Payload, updated.Priority = j.Payload, j.Priority
+			}
 			j = &updated
 		}
-		raw, err := st.encode(d, j)
-		if err != nil {
+		if err := st.set(b, d, shard, j); err != nil {
 			return false, nil, err
 		}
-		if err := b.Set(slotKey(d, shard, j.slot), raw, nil); err != nil {
+	}
+	switch ix, del := indexAfterMove(from, to); {
+	case del:
+		if err := b.Delete(slotKey(d, shard, slot{Kind: kindIndex, ID: from.ID}), nil); err != nil {
+			return false, nil, err
+		}
+	case ix != nil:
+		if err := st.set(b, d, shard, ix); err != nil {
 			return false, nil, err
 		}
 	}
