@@ -1104,6 +1104,14 @@ func (s *zkService) remove(ctx context.Context, parent, id string, t LockType, m
 		err := s.call(ctx, func() error { _, err := s.conn.Multi(ops...); return err })
 		switch {
 		case err == nil:
+			// A reference this process tracks is gone now, not when the watch event arrives:
+			// a holder forced out here must not be granted again by TryAcquire in between.
+			s.mu.Lock()
+			r := s.mu.refs[p]
+			s.mu.Unlock()
+			if r != nil {
+				s.refGone(r)
+			}
 			return nil
 		case blk != "" && errors.Is(err, zk.ErrNoNode):
 			continue // the blocker went (it may hold now), or the node did: look again
