@@ -107,7 +107,7 @@ func (s *Service) UpdateJob(ctx context.Context, namespace, name, id string, ch 
 		if cur.slot.Kind == kindReady {
 			next.slot.Priority = next.Priority
 		}
-		ok, _, err := s.store.Move(ctx, d, cur.Shard, cur.slot, cond{}, &next)
+		ok, _, err := s.move(ctx, d, cur.Shard, cur.slot, cond{}, &next)
 		if err != nil {
 			// Unknown outcome: a linearizable read settles it.
 			got, gerr := s.jobByID(ctx, d, id)
@@ -146,7 +146,7 @@ func (s *Service) DeleteJob(ctx context.Context, namespace, name, id string) (_ 
 		if cur.slot.Kind == kindClaimed {
 			return Job{}, fmt.Errorf("%w: job %s of %s", ErrClaimed, id, d.Key())
 		}
-		ok, _, err := s.store.Move(ctx, d, cur.Shard, cur.slot, cond{})
+		ok, _, err := s.move(ctx, d, cur.Shard, cur.slot, cond{})
 		if err != nil {
 			// Unknown outcome: the job is gone if this delete (or another) removed it.
 			if _, gerr := s.jobByID(ctx, d, id); errors.Is(gerr, state.ErrNotFound) {

@@ -12,6 +12,7 @@ import (
 type hints struct {
 	shards, priorities int
 	floorReset         time.Duration
+	candTTL            time.Duration
 
 	mu struct {
 		sync.Mutex
@@ -26,6 +27,12 @@ type hints struct {
 		floorsAt time.Time
 		// nextDue is the earliest future due time a notice announced (0: none).
 		nextDue int64
+		// busy[shard]: this daemon's claims and conditional writes in flight on the shard.
+		busy []int
+		// cands[shard*priorities+p]: due jobs a read returned that no claim here took yet,
+		// until candsUntil.
+		cands      [][]Job
+		candsUntil []time.Time
 	}
 }
 
@@ -39,6 +46,10 @@ func (s *Service) hintsOf(d Def) *hints {
 		h.mu.wake = make(chan struct{})
 		h.mu.empty = make([]bool, d.Shards*d.Priorities)
 		h.mu.floors = make([]int64, d.Shards*d.Priorities)
+		h.mu.busy = make([]int, d.Shards)
+		h.mu.cands = make([][]Job, d.Shards*d.Priorities)
+		h.mu.candsUntil = make([]time.Time, d.Shards*d.Priorities)
+		h.candTTL = s.cfg.CandidateTTL
 		h.mu.floorsAt = s.now()
 		s.mu.queues[key] = h
 	}
@@ -146,4 +157,45 @@ func (h *hints) raiseFloor(shard, p int, f int64) {
 	if i := shard*h.priorities + p; f > h.mu.floors[i] {
 		h.mu.floors[i] = f
 	}
+}
+
+// reserve marks a shard busy, unless it is busy already and shared is false.
+func (h *hints) reserve(shard int, shared bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mu.busy[shard] > 0 && !shared {
+		return false
+	}
+	h.mu.busy[shard]++
+	return true
+}
+
+func (h *hints) unreserve(shard int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.mu.busy[shard]--
+}
+
+// takeCandidates returns (and forgets) the level's cached candidates, if still fresh, and until
+// when they are.
+func (h *hints) takeCandidates(shard, p int, now time.Time) ([]Job, time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	i := shard*h.priorities + p
+	c, until := h.mu.cands[i], h.mu.candsUntil[i]
+	h.mu.cands[i] = nil
+	if !now.Before(until) {
+		return nil, time.Time{}
+	}
+	return c, until
+}
+
+// keepCandidates caches the candidates a claim did not try, for the next claims here, until
+// until (the freshness of the read that returned them).
+func (h *hints) keepCandidates(shard, p int, jobs []Job, until time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	i := shard*h.priorities + p
+	h.mu.cands[i] = append(h.mu.cands[i][:0:0], jobs...)
+	h.mu.candsUntil[i] = until
 }

@@ -41,6 +41,10 @@ type Config struct {
 	// tombstones). Jobs due earlier than that (a clock further behind) are found at the next
 	// full read. Default 1s.
 	FloorMargin time.Duration `yaml:"floor_margin" help:"how far before the first due job a claim reads a shard from"`
+	// CandidateTTL is how long the candidates of a read that a claim did not take stay the
+	// next claims' candidates in this daemon (each saves a read; one another daemon took costs
+	// a failed conditional write). Default 500ms.
+	CandidateTTL time.Duration `yaml:"candidate_ttl" help:"how long unclaimed candidates of a read are tried by the next claims here"`
 	// FloorReset is how often a shard is read from its start regardless. Default 10s.
 	FloorReset time.Duration `yaml:"floor_reset" help:"how often a claim reads a shard from its start"`
 	// MaxWait bounds how long one claim may wait for a job. Default 60s.
@@ -56,7 +60,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Candidates: 8, ReapInterval: time.Second, ReapGrace: 500 * time.Millisecond, PollInterval: 2 * time.Second,
-		DefRecheck: 2 * time.Second, FloorMargin: time.Second, FloorReset: 10 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second,
+		DefRecheck: 2 * time.Second, FloorMargin: time.Second, CandidateTTL: 500 * time.Millisecond, FloorReset: 10 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second,
 		SerialConsistency: "SERIAL"}
 }
 
@@ -65,9 +69,9 @@ func (c Config) Validate() error {
 	switch {
 	case c.Candidates < 1 || c.Candidates > 100:
 		return fmt.Errorf("candidates: must be 1-100, not %d", c.Candidates)
-	case c.ReapInterval <= 0, c.ReapGrace < 0, c.PollInterval <= 0, c.DefRecheck <= 0, c.FloorMargin < 0,
+	case c.ReapInterval <= 0, c.ReapGrace < 0, c.CandidateTTL < 0, c.PollInterval <= 0, c.DefRecheck <= 0, c.FloorMargin < 0,
 		c.FloorReset <= 0, c.MaxWait <= 0, c.OpTimeout <= 0:
-		return errors.New("reap_interval, poll_interval, def_recheck, floor_reset, max_wait, op_timeout: must be positive; reap_grace, floor_margin: not negative")
+		return errors.New("reap_interval, poll_interval, def_recheck, floor_reset, max_wait, op_timeout: must be positive; reap_grace, floor_margin, candidate_ttl: not negative")
 	case c.SerialConsistency != "SERIAL" && c.SerialConsistency != "LOCAL_SERIAL":
 		return fmt.Errorf("serial_consistency: %q is not SERIAL or LOCAL_SERIAL", c.SerialConsistency)
 	}
@@ -353,26 +357,17 @@ func (s *Service) Claim(ctx context.Context, namespace, name, worker string, lea
 func (s *Service) tryClaim(ctx context.Context, d Def, h *hints, worker string, lease time.Duration) (*Job, error) {
 	for p := d.Priorities - 1; p >= 0; p-- {
 		start := int(s.rand() % uint64(d.Shards))
-		for i := range d.Shards {
-			shard := (start + i) % d.Shards
-			if h.isEmpty(shard, p) {
-				continue
-			}
-			jobs, err := s.store.Ready(ctx, d, shard, p, h.floor(shard, p, s.now()), s.nowMicros(), s.cfg.Candidates)
-			if err != nil {
-				return nil, err
-			}
-			if len(jobs) == 0 {
-				h.markEmpty(shard, p)
-				continue
-			}
-			h.raiseFloor(shard, p, jobs[0].slot.Due-s.cfg.FloorMargin.Microseconds())
-			// Try the candidates in a random order: workers reading this shard at the same time
-			// seldom pick the same job.
-			off := int(s.rand() % uint64(len(jobs)))
-			for k := range jobs {
-				c := jobs[(off+k)%len(jobs)]
-				j, err := s.claimOne(ctx, d, &c, worker, lease)
+		// First the shards where this daemon has no conditional write in flight (their Paxos
+		// rounds would contend with ours: Cassandra makes the loser sleep and try again), then
+		// the others.
+		for pass := range 2 {
+			for i := range d.Shards {
+				shard := (start + i) % d.Shards
+				if h.isEmpty(shard, p) || !h.reserve(shard, pass == 1) {
+					continue
+				}
+				j, err := s.claimIn(ctx, d, h, shard, p, worker, lease)
+				h.unreserve(shard)
 				if j != nil || err != nil {
 					return j, err
 				}
@@ -380,6 +375,48 @@ func (s *Service) tryClaim(ctx context.Context, d Def, h *hints, worker string, 
 		}
 	}
 	return nil, nil
+}
+
+// claimIn tries to claim one of a shard's due jobs of priority p: candidates that an earlier
+// read here returned and no claim here took yet (at most CandidateTTL old), or else those of a
+// new read. The caller holds the shard's reservation, so this daemon's claims do not race each
+// other for candidates.
+func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, worker string, lease time.Duration) (*Job, error) {
+	jobs, until := h.takeCandidates(shard, p, s.now())
+	if len(jobs) == 0 {
+		until = s.now().Add(s.cfg.CandidateTTL)
+		var err error
+		jobs, err = s.store.Ready(ctx, d, shard, p, h.floor(shard, p, s.now()), s.nowMicros(), s.cfg.Candidates)
+		if err != nil {
+			return nil, err
+		}
+		if len(jobs) == 0 {
+			h.markEmpty(shard, p)
+			return nil, nil
+		}
+		h.raiseFloor(shard, p, jobs[0].slot.Due-s.cfg.FloorMargin.Microseconds())
+		// Start at a random candidate: workers of other daemons reading this shard at the same
+		// time seldom pick the same job.
+		off := int(s.rand() % uint64(len(jobs)))
+		jobs = append(jobs[off:], jobs[:off]...)
+	}
+	for k := range jobs {
+		j, err := s.claimOne(ctx, d, &jobs[k], worker, lease)
+		if j != nil || err != nil {
+			h.keepCandidates(shard, p, jobs[k+1:], until)
+			return j, err
+		}
+	}
+	return nil, nil
+}
+
+// move is Store.Move with the shard marked busy in this daemon's hints meanwhile, so that claims
+// here prefer other shards.
+func (s *Service) move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (bool, *Job, error) {
+	h := s.hintsOf(d)
+	h.reserve(shard, true)
+	defer h.unreserve(shard)
+	return s.store.Move(ctx, d, shard, from, c, to...)
 }
 
 // newToken names a claim: its lease's end (microseconds) and 64 random bits, in base 36. The
@@ -426,7 +463,7 @@ func (s *Service) claimOne(ctx context.Context, d Def, c *Job, worker string, le
 	j.Attempts++
 	j.LeaseUntil = now.Add(lease).UnixMicro()
 	j.Holder, j.Token = worker, s.newToken(j.LeaseUntil)
-	ok, _, err := s.store.Move(ctx, d, c.Shard, c.slot, cond{}, &j)
+	ok, _, err := s.store.Move(ctx, d, c.Shard, c.slot, cond{}, &j) // the shard is reserved by tryClaim
 	if err != nil {
 		// Unknown outcome: a linearizable read of the claimed row settles it.
 		got, gerr := s.store.Get(ctx, d, c.Shard, j.slot)
@@ -480,7 +517,7 @@ func (s *Service) Complete(ctx context.Context, namespace, name, id, token strin
 		}
 		return err
 	}
-	ok, _, err := s.store.Move(ctx, d, shard, slot{Kind: kindClaimed, ID: id}, cond{token: token}, done)
+	ok, _, err := s.move(ctx, d, shard, slot{Kind: kindClaimed, ID: id}, cond{token: token}, done)
 	if ok {
 		return nil
 	}
@@ -514,7 +551,7 @@ func (s *Service) Release(ctx context.Context, namespace, name, id, token string
 		return Job{}, err
 	}
 	next := s.afterAttempt(d, *j, delay, errMsg)
-	ok, _, err := s.store.Move(ctx, d, j.Shard, j.slot, cond{token: token}, &next)
+	ok, _, err := s.move(ctx, d, j.Shard, j.slot, cond{token: token}, &next)
 	if err != nil {
 		return Job{}, err
 	}
@@ -569,7 +606,7 @@ func (s *Service) Extend(ctx context.Context, namespace, name, id, token string,
 	shard := shardOf(id, d.Shards)
 	next := Job{Shard: shard, slot: slot{Kind: kindClaimed, ID: id}, ID: id, LeaseUntil: s.now().Add(lease).UnixMicro()}
 	next.Token = s.newToken(next.LeaseUntil)
-	ok, _, err := s.store.Move(ctx, d, shard, next.slot, cond{token: token}, &next)
+	ok, _, err := s.move(ctx, d, shard, next.slot, cond{token: token}, &next)
 	if err != nil {
 		// Unknown outcome: a linearizable read settles it.
 		got, gerr := s.store.Get(ctx, d, shard, next.slot)
@@ -701,7 +738,7 @@ func (s *Service) Retry(ctx context.Context, namespace, name, id string) (_ Job,
 	next := *j
 	next.Attempts, next.Died, next.Due = 0, 0, s.nowMicros()
 	next.slot = slot{Kind: kindReady, Priority: j.Priority, Due: next.Due, ID: id}
-	ok, _, err := s.store.Move(ctx, d, shard, from, cond{}, &next)
+	ok, _, err := s.move(ctx, d, shard, from, cond{}, &next)
 	if err != nil {
 		return Job{}, err
 	}
@@ -760,7 +797,7 @@ func (s *Service) reapShard(ctx context.Context, d Def, shard int) error {
 				continue
 			}
 			next := s.afterAttempt(d, j, 0, "lease expired (held by "+j.Holder+")")
-			ok, _, err := s.store.Move(ctx, d, shard, j.slot, cond{token: j.Token}, &next)
+			ok, _, err := s.move(ctx, d, shard, j.slot, cond{token: j.Token}, &next)
 			if err != nil {
 				return err
 			}
