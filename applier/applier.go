@@ -385,6 +385,11 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 			if ctx.Err() != nil {
 				return progressed, nil
 			}
+			if e.Op == journal.OpRead {
+				// A snapshot row is the row as it was at a point of the stream: applied as an
+				// insert, which makes sure when the same row is there and is a conflict otherwise.
+				e.Op = journal.OpInsert
+			}
 			if w.batchable(e) {
 				run = append(run, e)
 			} else {

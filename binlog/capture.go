@@ -43,10 +43,21 @@ type CaptureConfig struct {
 // Capture reads one source's binary log into its journal stream. Run is its driver loop; one
 // goroutine runs it at a time.
 type Capture struct {
-	cfg    CaptureConfig
-	store  journal.Store
-	clock  *journal.Clock
-	logger *slog.Logger
+	cfg          CaptureConfig
+	store        journal.Store
+	clock        *journal.Clock
+	logger       *slog.Logger
+	snapProgress atomic.Pointer[SnapshotProgress]
+	snapChunks   atomic.Uint64
+}
+
+// SnapshotProgress returns the state of the capture's initial snapshots as of its last run
+// (zero before the first): safe to call from any goroutine.
+func (c *Capture) SnapshotProgress() SnapshotProgress {
+	if p := c.snapProgress.Load(); p != nil {
+		return *p
+	}
+	return SnapshotProgress{}
 }
 
 // ErrNotCapturable is returned (wrapped) by Run when the server's settings rule capture out; the
@@ -104,12 +115,21 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) (err error) {
 			position, err = currentPosition(conn, src.Flavor)
 		}
 		if err == nil {
+			w.position = position
 			if err = w.mark(ctx, "start", position); err == nil {
 				err = w.flush(ctx)
 			}
 		}
 	}
+	w.position, w.cutTx = position, w.skip > 0
+	if err == nil {
+		// Which tables still need a snapshot: recorded in the stream (state marks).
+		if err = w.loadSnapshot(ctx, conn, head); err == nil {
+			err = w.flush(ctx)
+		}
+	}
 	conn.Close()
+	defer w.snap.close()
 	if err != nil {
 		return err
 	}
@@ -164,6 +184,16 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) (err error) {
 		<-w.app.done // nothing is appended once Run has returned
 	}()
 	for {
+		if w.snap != nil && w.gtid == "" {
+			// Between transactions: journal a snapshot chunk whose position is reached, or read
+			// the next one (the loop waits meanwhile, so the chunk's position is not passed).
+			if err := w.snap.step(runCtx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
 		ev, err := w.nextEvent(runCtx, g, syncErr)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -257,6 +287,8 @@ func (w *txWriter) nextEvent(ctx context.Context, g *gate, syncErr <-chan error)
 		return gated{}, fmt.Errorf("source %s: reading the binlog: %w", w.c.cfg.Source.Name, err)
 	case <-w.app.done:
 		return gated{}, w.app.err
+	case <-w.snap.wake():
+		return gated{}, nil // a snapshot chunk to read
 	case <-ctx.Done():
 		return gated{}, ctx.Err()
 	}
@@ -324,6 +356,17 @@ type txWriter struct {
 	app       *appender
 	lastWrite atomic.Pointer[time.Time] // end of the last append; nil: none yet
 	lastHand  time.Time                 // when the last group was handed to app
+
+	// Snapshots (snapshot.go): the state, the GTID position after the last transaction read, and
+	// binlog coordinates (see track).
+	snap       *snapshotter
+	position   string
+	pos        binPos
+	stateAt    binPos
+	stateKnown bool
+	sawTx      bool
+	sinceState int  // entries queued since the last snapshot state mark
+	cutTx      bool // resuming inside a transaction, not read again yet (the loop's copy of skip > 0)
 }
 
 // appender journals the groups the capture loop hands it, in order, one append each, in a
@@ -473,6 +516,11 @@ func (w *txWriter) queue(ctx context.Context, es []journal.Entry, size int) erro
 	}
 	w.pending = append(w.pending, es...)
 	w.pendingBytes += size
+	if last := &es[len(es)-1]; last.Op == journal.OpMark && last.Statement == stateStatement {
+		w.sinceState = 0
+	} else {
+		w.sinceState += len(es)
+	}
 	if len(w.pending) >= w.c.cfg.ChunkEntries || w.pendingBytes >= groupBytes {
 		return w.flush(ctx)
 	}
@@ -547,10 +595,15 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 	case *replication.RowsEvent:
 		return w.rows(ctx, ev.Header, e)
 	case *replication.XIDEvent:
-		return w.commit(ctx, ev.Header, e.GSet)
+		if err := w.commit(ctx, ev.Header, e.GSet); err != nil {
+			return err
+		}
 	case *replication.QueryEvent:
-		return w.query(ctx, ev.Header, e)
+		if err := w.query(ctx, ev.Header, e); err != nil {
+			return err
+		}
 	}
+	w.track(ev)
 	return nil
 }
 
@@ -633,13 +686,22 @@ func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journa
 }
 
 // commit ends the current transaction: its last chunk carries Tx.Last and the resume position.
-func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset mysql.GTIDSet) error {
+func (w *txWriter) commit(ctx context.Context, h *replication.EventHeader, gset mysql.GTIDSet) (err error) {
 	w.commitTime = h.Timestamp
 	position := ""
 	if gset != nil {
 		position = gset.String()
+		w.position = position
 	}
-	defer func() { w.gtid, w.buf = "", w.buf[:0] }()
+	defer func() { w.gtid, w.buf, w.cutTx = "", w.buf[:0], false }()
+	if w.snap != nil && w.sinceState >= stateEvery {
+		// Keeps the last state mark near the tail: a restart reads little to find it.
+		defer func() {
+			if err == nil {
+				err = w.snap.queueState(ctx)
+			}
+		}()
+	}
 	if len(w.buf) == 0 {
 		if w.sinceLastWrite() >= w.c.cfg.MarkInterval {
 			return w.mark(ctx, "position", position)
@@ -696,6 +758,7 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 	} else {
 		w.c.logger.Warn("statement not understood; journaled as DDL without a table", "gtid", w.gtid, "statement", truncate(stmt, 200))
 	}
+	w.snap.ddl(db, table, stmt)
 	entry := journal.Entry{Op: journal.OpDDL, Database: db, Table: table, Statement: stmt}
 	if err := w.add(ctx, h, entry); err != nil {
 		return err
@@ -739,6 +802,15 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 		return fmt.Errorf("source %s: journal %d entries at %d (gtid %s): %w", w.c.cfg.Source.Name, len(es), w.next, es[0].Tx.ID, err)
 	}
 	w.next += uint64(len(es))
+	for i := len(es) - 1; i >= 0; i-- {
+		if e := &es[i]; e.Op == journal.OpMark && e.Statement == stateStatement {
+			// Where a restart finds the snapshot state (a later mark, if this fails).
+			if err := w.c.store.SetPosition(ctx, SnapshotConsumer, w.c.Stream(), e.Seq-1); err != nil {
+				return fmt.Errorf("source %s: recording the snapshot state's seq: %w", w.c.cfg.Source.Name, err)
+			}
+			break
+		}
+	}
 	now := time.Now()
 	w.lastWrite.Store(&now)
 	if cfg := w.c.cfg; cfg.Metrics != nil {
@@ -751,7 +823,7 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 		for i := range es {
 			e := &es[i]
 			switch e.Op {
-			case journal.OpInsert, journal.OpUpdate, journal.OpDelete:
+			case journal.OpInsert, journal.OpUpdate, journal.OpDelete, journal.OpRead:
 				rows[rowsOf{e.Database, e.Table, e.Op}]++
 			}
 			if e.Tx.Last && e.Op != journal.OpMark {
@@ -759,6 +831,10 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			}
 		}
 		for k, n := range rows {
+			if k.op == journal.OpRead {
+				cfg.Metrics.snapRows.WithLabelValues(cfg.Source.Name, k.database+"."+k.table).Add(float64(n))
+				continue
+			}
 			cfg.Metrics.rows.WithLabelValues(cfg.Source.Name, k.database+"."+k.table, k.op.String()).Add(float64(n))
 		}
 		if txs > 0 {

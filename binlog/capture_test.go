@@ -104,11 +104,12 @@ func (env *captureEnv) entries() []journal.Entry {
 	}
 }
 
-// rowEntries returns the data entries of table (inserts, updates, deletes, DDL).
+// rowEntries returns the data entries of table (inserts, updates, deletes, DDL), without the
+// rows an initial snapshot read.
 func (env *captureEnv) rowEntries(table string) []journal.Entry {
 	var out []journal.Entry
 	for _, e := range env.entries() {
-		if e.Table == table && e.Op != journal.OpMark {
+		if e.Table == table && e.Op != journal.OpMark && e.Op != journal.OpRead {
 			out = append(out, e)
 		}
 	}

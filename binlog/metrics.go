@@ -9,6 +9,9 @@ type Metrics struct {
 	rows *prometheus.CounterVec
 	txs  *prometheus.CounterVec
 	lag  *prometheus.GaugeVec
+
+	snapRows    *prometheus.CounterVec
+	snapPending *prometheus.GaugeVec
 }
 
 // NewMetrics registers the capture metrics in reg.
@@ -26,8 +29,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "music_binlog_capture_lag_seconds",
 			Help: "Time between the commit of the last captured transaction at the source and its journaling.",
 		}, []string{"source"}),
+		snapRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "music_binlog_snapshot_rows_total",
+			Help: "Rows journaled by initial snapshots, by source and table.",
+		}, []string{"source", "table"}),
+		snapPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "music_binlog_snapshot_tables_pending",
+			Help: "Tables whose initial snapshot is not finished (the one in progress included).",
+		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.rows, m.txs, m.lag} {
+	for _, c := range []prometheus.Collector{m.rows, m.txs, m.lag, m.snapRows, m.snapPending} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

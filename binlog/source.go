@@ -37,7 +37,20 @@ type SourceConfig struct {
 	// means the server's current position. Once the source's stream has entries, capture
 	// resumes from the journal and this is ignored.
 	StartPosition string `yaml:"start_position"`
+	// Snapshot says whether tables whose rows were never journaled (every selected table of a new
+	// stream, a table added to the selection later) are first read whole into the stream:
+	// "initial" (default for MariaDB) or "never" (default for MySQL, where it is not supported).
+	Snapshot string `yaml:"snapshot"`
+	// SnapshotChunkRows is the number of rows read per snapshot chunk (default 1000; a chunk also
+	// stays under 8 MiB).
+	SnapshotChunkRows int `yaml:"snapshot_chunk_rows"`
 }
+
+// Snapshot modes of SourceConfig.Snapshot.
+const (
+	SnapshotInitial = "initial"
+	SnapshotNever   = "never"
+)
 
 var sourceNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 
@@ -48,6 +61,15 @@ func (c SourceConfig) WithDefaults() SourceConfig {
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Second
+	}
+	if c.Snapshot == "" {
+		c.Snapshot = SnapshotInitial
+		if c.Flavor == mysql.MySQLFlavor {
+			c.Snapshot = SnapshotNever
+		}
+	}
+	if c.SnapshotChunkRows == 0 {
+		c.SnapshotChunkRows = 1000
 	}
 	return c
 }
@@ -74,6 +96,14 @@ func (c SourceConfig) Validate() error {
 	}
 	if err := c.Tables.Validate(); err != nil {
 		return fmt.Errorf("tables%w", err)
+	}
+	switch {
+	case c.Snapshot != SnapshotInitial && c.Snapshot != SnapshotNever:
+		return fmt.Errorf("snapshot: %q is not initial or never", c.Snapshot)
+	case c.Snapshot == SnapshotInitial && c.Flavor == mysql.MySQLFlavor:
+		return errors.New("snapshot: initial is supported for MariaDB sources only (set never)")
+	case c.SnapshotChunkRows < 1 || c.SnapshotChunkRows > 10000:
+		return fmt.Errorf("snapshot_chunk_rows: %d is not in 1..10000", c.SnapshotChunkRows)
 	}
 	if c.StartPosition != "" {
 		var err error

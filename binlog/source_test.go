@@ -160,6 +160,9 @@ func TestSourceConfigValidate(t *testing.T) {
 		{func(c *SourceConfig) { c.User = "" }, "user:"},
 		{func(c *SourceConfig) { c.Flavor = "postgres" }, "flavor:"},
 		{func(c *SourceConfig) { c.ServerID = 0 }, "server_id:"},
+		{func(c *SourceConfig) { c.Snapshot = "always" }, "snapshot:"},
+		{func(c *SourceConfig) { c.Flavor = "mysql" }, "snapshot:"}, // initial needs MariaDB
+		{func(c *SourceConfig) { c.SnapshotChunkRows = 20000 }, "snapshot_chunk_rows:"},
 	} {
 		c := good
 		tc.mut(&c)

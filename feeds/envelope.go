@@ -16,7 +16,7 @@ import (
 // Envelope is the JSON body of a change-feed message, close to Debezium's change event value so
 // that CDC consumers need little change (docs/feeds.md has a full example):
 //
-//   - Op is "c" (insert), "u" (update), "d" (delete) as in Debezium, or one of musicd's own
+//   - Op is "c" (insert), "u" (update), "d" (delete), "r" (a row read by an initial snapshot) as in Debezium, or one of musicd's own
 //     operations, spelled out so that a Debezium consumer switching on letters ignores them:
 //     "put" (a keyed write that replaces the row, After), "ddl" (a schema change, DDL) and
 //     "mark" (no data change: ownership transfer, fencing, heartbeat).
@@ -101,6 +101,8 @@ func OpCode(op journal.Op) string {
 		return "u"
 	case journal.OpDelete:
 		return "d"
+	case journal.OpRead:
+		return "r"
 	}
 	return op.String() // put, ddl, mark
 }

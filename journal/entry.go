@@ -17,10 +17,11 @@ const (
 	OpDDL     Op = 4 // a schema change (Statement, Columns)
 	OpPut     Op = 5 // a keyed write that replaces the row whatever it was (REST upsert: After)
 	OpMark    Op = 6 // a marker with no data change (ownership transfer, fencing, heartbeat)
-	opMax     Op = 6
+	OpRead    Op = 7 // a row as an initial snapshot read it (After): applied as an insert that may find the row there
+	opMax     Op = 7
 )
 
-var opNames = [...]string{"invalid", "insert", "update", "delete", "ddl", "put", "mark"}
+var opNames = [...]string{"invalid", "insert", "update", "delete", "ddl", "put", "mark", "read"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {

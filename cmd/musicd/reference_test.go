@@ -64,6 +64,8 @@ reads. Readiness (` + "`/readyz`" + `) logs in to each source.
 | ` + "`timeout`" + ` | duration | ` + "`5s`" + ` | bound on connecting and on each statement |
 | ` + "`tables`" + ` | list of ` + "`{match, mode}`" + ` | none (nothing captured) | which tables are captured and how they replicate: ` + "`match`" + ` is ` + "`database.table`" + ` with ` + "`*`" + `, ` + "`?`" + ` and ` + "`[...]`" + ` patterns, ` + "`mode`" + ` is ` + "`sync`" + `, ` + "`async`" + ` or ` + "`off`" + `; the first matching rule wins |
 | ` + "`start_position`" + ` | GTID position | the server's current position | where a new capture starts (after this GTID set); ignored once the source's journal stream has entries |
+| ` + "`snapshot`" + ` | string | ` + "`initial`" + ` (MariaDB), ` + "`never`" + ` (MySQL) | ` + "`initial`" + `: a selected table whose rows were never journaled (every selected table of a new stream, a table added to ` + "`tables`" + ` later) is first read whole into the stream, then its changes stream ([binlog.md](binlog.md#initial-snapshot)); ` + "`never`" + `: only changes from the start position on are captured. ` + "`initial`" + ` needs MariaDB |
+| ` + "`snapshot_chunk_rows`" + ` | int | ` + "`1000`" + ` | rows per snapshot chunk (1-10000); a chunk also stays under 8 MiB |
 
 ## Appliers (file only)
 

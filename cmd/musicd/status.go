@@ -46,6 +46,9 @@ type sourceStatus struct {
 	// Published is the last seq this instance's relay confirmed in the change feed (absent when
 	// another instance relays the stream).
 	Published *uint64 `json:"published,omitempty"`
+	// Snapshot is the progress of the source's initial snapshots (absent when none is left and
+	// this instance has run none).
+	Snapshot *binlog.SnapshotProgress `json:"snapshot,omitempty"`
 }
 
 type applierStatus struct {
@@ -120,6 +123,9 @@ func (s *statusSource) status(ctx context.Context) (any, error) {
 		go func() {
 			defer wg.Done()
 			st := sourceStatus{Name: s.sourceNames[i], Stream: c.Stream()}
+			if p := c.SnapshotProgress(); len(p.Pending) > 0 || p.Chunks > 0 {
+				st.Snapshot = &p
+			}
 			defer func() { v.Sources[i] = st }()
 			h, err := s.store.Head(ctx, st.Stream)
 			if err != nil {
