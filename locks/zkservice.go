@@ -664,8 +664,12 @@ func (s *zkService) monitor(r *zkRef) {
 					s.loseLocked(r)
 				}
 			}
+			select {
+			case <-r.infoReady: // refGone closed it (the reference was removed here meanwhile)
+			default:
+				close(r.infoReady)
+			}
 			s.mu.Unlock()
-			close(r.infoReady)
 		}
 		select {
 		case ev := <-ch:

@@ -397,8 +397,12 @@ sources:
 		t.Fatalf("/readyz %d %+v", code, r)
 	}
 	mustExec("INSERT INTO " + db + ".orders VALUES (18446744073709551615, 'hello')")
+	// The initial snapshot of the (empty) table journals its state mark before the insert.
 	m := next("the insert")
-	if m.Subject() != "music.changes."+db+".orders.insert" || m.Headers().Get("Music-Stream") != "binlog/local/a" || m.Headers().Get("Music-Seq") != "2" {
+	if strings.HasSuffix(m.Subject(), ".mark") && m.Headers().Get("Music-Seq") == "2" {
+		m = next("the insert")
+	}
+	if m.Subject() != "music.changes."+db+".orders.insert" || m.Headers().Get("Music-Stream") != "binlog/local/a" || m.Headers().Get("Music-Seq") != "3" {
 		t.Errorf("subject %s, headers %v", m.Subject(), m.Headers())
 	}
 	var env struct {
@@ -418,7 +422,7 @@ sources:
 	}
 	if env.Op != "c" || string(env.After["id"]) != "18446744073709551615" || string(env.After["note"]) != `"hello"` ||
 		env.Source.Database != db || env.Source.Table != "orders" || env.Source.GTID == "" || env.Source.Site != "local" ||
-		env.Source.Seq != 2 || env.Transaction.ID != env.Source.GTID || !env.Transaction.Last {
+		env.Source.Seq != 3 || env.Transaction.ID != env.Source.GTID || !env.Transaction.Last {
 		t.Errorf("envelope %s", m.Data())
 	}
 	if exit, _ := d.stop(syscall.SIGTERM, 5*time.Second); exit != 0 {

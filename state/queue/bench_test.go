@@ -59,7 +59,7 @@ func BenchmarkQueue(b *testing.B) {
 		start = time.Now()
 		parallel(b, workers, func(w int) error {
 			for claimed.Load() < jobs {
-				j, err := svc.Claim(ctx, "bench", "q", fmt.Sprintf("w%d", w), 10*time.Minute, 0)
+				j, err := svc.Claim(ctx, "bench", "q", fmt.Sprintf("w%d", w), 2*time.Hour, 0)
 				if err != nil {
 					return err
 				}
