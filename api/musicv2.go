@@ -194,29 +194,13 @@ func (s *Server) serveMusic(rt musicRoute) http.HandlerFunc {
 				}
 			}
 			c.query = q
-			if rt.queue {
-				if s.deps.Queues == nil {
-					return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the work queue (musicQ) is not running in this daemon"}
-				}
-				return rt.h(w, r, c)
-			}
-			if s.state == nil && !rt.stateless {
-				return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the keyed state service is not running in this daemon"}
-			}
-			return rt.h(w, r, c)
+			return s.dispatch(rt.queue, rt.stateless, func() error { return rt.h(w, r, c) })
 		}()
 		if err == nil {
 			return
 		}
 		e := toAPIError(err)
-		switch {
-		case e.code == codeInternal:
-			s.deps.Logger.Error("MUSIC v2 request failed: a bug", "request_id", c.reqID, "method", r.Method, "route", rt.pattern, "err", e.cause)
-		case e.status >= 500 && r.Context().Err() != nil:
-			s.deps.Logger.Debug("MUSIC v2 request abandoned", "request_id", c.reqID, "route", rt.pattern, "err", e.msg)
-		case e.status >= 500:
-			s.deps.Logger.Warn("MUSIC v2 request failed", "request_id", c.reqID, "route", rt.pattern, "code", e.code, "err", e.msg)
-		}
+		s.logFailure("MUSIC v2", r, c, rt.pattern, e)
 		writeMusicError(w, e)
 	}
 }

@@ -311,31 +311,40 @@ func (s *Server) serveV1(rt v1Route) http.HandlerFunc {
 					return invalid("query parameter %q given %d times", name, len(q[name]))
 				}
 			}
-			if rt.queue {
-				if s.deps.Queues == nil {
-					return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the work queue is not running in this daemon"}
-				}
-				return rt.h(w, r, c)
-			}
-			if s.state == nil && !rt.stateless {
-				return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the keyed state service is not running in this daemon"}
-			}
-			return rt.h(w, r, c)
+			return s.dispatch(rt.queue, rt.stateless, func() error { return rt.h(w, r, c) })
 		}()
 		if err == nil {
 			return
 		}
 		e := toAPIError(err)
-		switch {
-		case e.code == codeInternal:
-			s.deps.Logger.Error("REST request failed: a bug", "request_id", c.reqID, "method", r.Method, "route", rt.pattern, "err", e.cause)
-		case e.status >= 500 && r.Context().Err() != nil:
-			// The client went away (or the server is closing its connection): nothing failed.
-			s.deps.Logger.Debug("REST request abandoned", "request_id", c.reqID, "route", rt.pattern, "err", e.msg)
-		case e.status >= 500:
-			s.deps.Logger.Warn("REST request failed", "request_id", c.reqID, "route", rt.pattern, "code", e.code, "err", e.msg)
-		}
+		s.logFailure("REST", r, c, rt.pattern, e)
 		writeAPIError(w, e)
+	}
+}
+
+// dispatch runs a route's handler if the service it needs (the queue, or the keyed state unless
+// stateless) runs in this daemon.
+func (s *Server) dispatch(queue, stateless bool, handle func() error) error {
+	switch {
+	case queue && s.deps.Queues == nil:
+		return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the work queue (musicQ) is not running in this daemon"}
+	case !queue && s.state == nil && !stateless:
+		return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable, msg: "the keyed state service is not running in this daemon"}
+	}
+	return handle()
+}
+
+// logFailure logs a failed request: a bug as an error, a dependency's failure as a warning, a
+// request its client abandoned at debug level.
+func (s *Server) logFailure(api string, r *http.Request, c *call, pattern string, e *apiError) {
+	switch {
+	case e.code == codeInternal:
+		s.deps.Logger.Error(api+" request failed: a bug", "request_id", c.reqID, "method", r.Method, "route", pattern, "err", e.cause)
+	case e.status >= 500 && r.Context().Err() != nil:
+		// The client went away (or the server is closing its connection): nothing failed.
+		s.deps.Logger.Debug(api+" request abandoned", "request_id", c.reqID, "route", pattern, "err", e.msg)
+	case e.status >= 500:
+		s.deps.Logger.Warn(api+" request failed", "request_id", c.reqID, "route", pattern, "code", e.code, "err", e.msg)
 	}
 }
 

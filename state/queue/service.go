@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -645,33 +646,13 @@ func (s *Service) Peek(ctx context.Context, namespace, name string, limit int) (
 		}
 		slices.SortFunc(level, func(a, b Job) int {
 			if a.Due != b.Due {
-				return cmpInt(a.Due, b.Due)
+				return cmp.Compare(a.Due, b.Due)
 			}
-			return cmpString(a.ID, b.ID)
+			return cmp.Compare(a.ID, b.ID)
 		})
 		out = append(out, level[:min(len(level), limit-len(out))]...)
 	}
 	return out, nil
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Dead lists up to limit dead-lettered jobs, shard by shard; next continues the listing ("" at
