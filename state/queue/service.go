@@ -392,7 +392,10 @@ func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, wo
 			return nil, err
 		}
 		if len(jobs) == 0 {
+			// Nothing is due here up to now: the next read starts from now (less the margin for
+			// clocks behind ours), past the rows claimed before (Cassandra tombstones).
 			h.markEmpty(shard, p)
+			h.raiseFloor(shard, p, s.nowMicros()-s.cfg.FloorMargin.Microseconds())
 			return nil, nil
 		}
 		h.raiseFloor(shard, p, jobs[0].slot.Due-s.cfg.FloorMargin.Microseconds())
