@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -164,12 +163,10 @@ func setMusicVersionHeaders(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveMusic(rt musicRoute) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		setMusicVersionHeaders(w, r)
-		c := &call{reqID: requestID(r)}
-		w.Header().Set(headerRequestID, c.reqID)
+		c := newCall(w, r)
 		err := func() error {
-			if !requestIDRE.MatchString(c.reqID) {
-				w.Header().Del(headerRequestID)
-				return invalid("%s must be 1-64 of A-Z a-z 0-9 . _ : -", headerRequestID)
+			if err := c.checkID(w); err != nil {
+				return err
 			}
 			if !rt.open {
 				p, err := s.auth.authenticateMusic(r)
@@ -178,22 +175,11 @@ func (s *Server) serveMusic(rt musicRoute) http.HandlerFunc {
 				}
 				c.p = p
 			}
-			q, err := url.ParseQuery(r.URL.RawQuery)
+			var err error
+			c.query, err = parseQuery(r, true, nil) // MUSIC's filters are query parameters
 			if err != nil {
-				return invalid("query string: %v", err)
+				return err
 			}
-			for _, name := range slices.Sorted(func(yield func(string) bool) {
-				for k := range q {
-					if !yield(k) {
-						return
-					}
-				}
-			}) {
-				if len(q[name]) > 1 {
-					return invalid("query parameter %q given %d times", name, len(q[name]))
-				}
-			}
-			c.query = q
 			return s.dispatch(rt.queue, rt.stateless, func() error { return rt.h(w, r, c) })
 		}()
 		if err == nil {

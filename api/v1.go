@@ -285,31 +285,18 @@ func requestID(r *http.Request) string {
 // State check, and the mapping of errors to responses.
 func (s *Server) serveV1(rt v1Route) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		c := &call{reqID: requestID(r)}
-		w.Header().Set(headerRequestID, c.reqID)
+		c := newCall(w, r)
 		err := func() error {
-			if !requestIDRE.MatchString(c.reqID) {
-				w.Header().Del(headerRequestID)
-				return invalid("%s must be 1-64 of A-Z a-z 0-9 . _ : -", headerRequestID)
+			if err := c.checkID(w); err != nil {
+				return err
 			}
 			p, err := s.auth.authenticate(r)
 			if err != nil {
 				return err
 			}
 			c.p = p
-			q, err := url.ParseQuery(r.URL.RawQuery)
-			if err != nil {
-				return invalid("query string: %v", err)
-			}
-			c.query = q
-			names := slices.Sorted(maps.Keys(q)) // the same error for the same request
-			for _, name := range names {
-				if !rt.anyParams && !slices.Contains(rt.params, name) {
-					return invalid("unknown query parameter %q (this endpoint takes %s)", name, paramList(rt.params))
-				}
-				if len(q[name]) > 1 {
-					return invalid("query parameter %q given %d times", name, len(q[name]))
-				}
+			if c.query, err = parseQuery(r, rt.anyParams, rt.params); err != nil {
+				return err
 			}
 			return s.dispatch(rt.queue, rt.stateless, func() error { return rt.h(w, r, c) })
 		}()
@@ -320,6 +307,41 @@ func (s *Server) serveV1(rt v1Route) http.HandlerFunc {
 		s.logFailure("REST", r, c, rt.pattern, e)
 		writeAPIError(w, e)
 	}
+}
+
+// newCall gives a request its id (the client's X-Request-Id, or a new one), echoed in the
+// response.
+func newCall(w http.ResponseWriter, r *http.Request) *call {
+	c := &call{reqID: requestID(r)}
+	w.Header().Set(headerRequestID, c.reqID)
+	return c
+}
+
+// checkID refuses a client's request id that is not one (and does not echo it).
+func (c *call) checkID(w http.ResponseWriter) error {
+	if !requestIDRE.MatchString(c.reqID) {
+		w.Header().Del(headerRequestID)
+		return invalid("%s must be 1-64 of A-Z a-z 0-9 . _ : -", headerRequestID)
+	}
+	return nil
+}
+
+// parseQuery parses the query string, refusing a parameter given twice and, unless anyParams,
+// one not in params. Names are checked in order, so that a request always gets the same error.
+func parseQuery(r *http.Request, anyParams bool, params []string) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, invalid("query string: %v", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(q)) {
+		if !anyParams && !slices.Contains(params, name) {
+			return nil, invalid("unknown query parameter %q (this endpoint takes %s)", name, paramList(params))
+		}
+		if len(q[name]) > 1 {
+			return nil, invalid("query parameter %q given %d times", name, len(q[name]))
+		}
+	}
+	return q, nil
 }
 
 // dispatch runs a route's handler if the service it needs (the queue, or the keyed state unless

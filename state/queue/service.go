@@ -274,9 +274,10 @@ func (s *Service) Enqueue(ctx context.Context, namespace, name string, nj NewJob
 		mode = insertNew
 		nj.ID = strconv.FormatUint(s.rand(), 36) + strconv.FormatUint(s.rand(), 36)
 	}
+	if err := ValidateID(nj.ID); err != nil {
+		return Job{}, false, err
+	}
 	switch {
-	case ValidateID(nj.ID) != nil:
-		return Job{}, false, ValidateID(nj.ID)
 	case len(nj.Payload) > d.MaxPayload:
 		return Job{}, false, fmt.Errorf("%w: payload of %d bytes is over queue %s's limit of %d", state.ErrInvalid, len(nj.Payload), d.Key(), d.MaxPayload)
 	case nj.Priority < 0 || nj.Priority >= d.Priorities:
