@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -145,9 +146,8 @@ func value(e journal.Entry, row journal.Row, col string) journal.Value {
 	return journal.Value{Kind: 255}
 }
 
-// Every MariaDB type round-trips exactly: what was written is what the journal holds.
-func TestCaptureTypesExactly(t *testing.T) {
-	env := newCaptureEnv(t, 1000)
+// typesTable creates table types with a column of every MariaDB type.
+func (env *captureEnv) typesTable() {
 	env.exec(`CREATE TABLE ` + env.db + `.types (
 		id INT PRIMARY KEY,
 		ti TINYINT, tiu TINYINT UNSIGNED, si SMALLINT, siu SMALLINT UNSIGNED, mi MEDIUMINT, miu MEDIUMINT UNSIGNED,
@@ -159,16 +159,27 @@ func TestCaptureTypesExactly(t *testing.T) {
 		bin BINARY(4), vb VARBINARY(10), bl BLOB,
 		en ENUM('red','green','blue'), st SET('a','b','c','d'), js JSON, g GEOMETRY, n INT NULL
 	) DEFAULT CHARSET=utf8mb4`)
-	stop := env.start(1)
-	env.waitStarted()
+}
+
+// typesRow inserts a row of extreme values into types (the session's time zone UTC).
+func (env *captureEnv) typesRow(id int) {
 	env.exec("SET time_zone = '+00:00'")
-	env.exec(`INSERT INTO ` + env.db + `.types VALUES (1,
+	env.exec(`INSERT INTO ` + env.db + `.types VALUES (` + strconv.Itoa(id) + `,
 		-128, 255, -32768, 65535, -8388608, 16777215, -2147483648, 4294967295, -9223372036854775808, 18446744073709551615,
 		'-12345678901234567890123456789012345.123456789012345678901234567890', 0.10, 1.5, -2.2250738585072014e-308, b'1', b'1111111111111111111111111111111111111111111111111111111111111111',
 		'2024-02-29', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.123456', '-838:59:59.000', 2155,
 		'ab', 'ünïcødé ✓ 😀', REPEAT('x', 300), 'café €', 'naïve ‰',
 		X'00010200', X'ff00', X'deadbeef00',
 		'green', 'a,c,d', '{"k": [1, 2.5, "s"], "n": null}', ST_GeomFromText('POINT(1 2)'), NULL)`)
+}
+
+// Every MariaDB type round-trips exactly: what was written is what the journal holds.
+func TestCaptureTypesExactly(t *testing.T) {
+	env := newCaptureEnv(t, 1000)
+	env.typesTable()
+	stop := env.start(1)
+	env.waitStarted()
+	env.typesRow(1)
 	rows := env.waitRows("types", 1)
 	if err := stop(); err != nil {
 		t.Fatal(err)

@@ -376,3 +376,48 @@ func TestSnapshotResumesAfterStops(t *testing.T) {
 		t.Errorf("only %d restarts during the snapshot", restarts)
 	}
 }
+
+// A row of every type read by the initial snapshot is journaled with exactly the values the
+// binary log gives the same row: a reader cannot tell a snapshot's row from a streamed one.
+func TestSnapshotTypesMatchStream(t *testing.T) {
+	env := newCaptureEnv(t, 1000)
+	env.typesTable()
+	env.typesRow(1)
+	stop := env.start(1)
+	env.waitSnapshotted()
+	env.typesRow(2)
+	env.waitRows("types", 1)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var read, streamed *journal.Entry
+	for _, e := range env.entries() {
+		if e.Table != "types" {
+			continue
+		}
+		switch e.Op {
+		case journal.OpRead:
+			read = &e
+		case journal.OpInsert:
+			streamed = &e
+		}
+	}
+	if read == nil || streamed == nil {
+		t.Fatalf("snapshot read %v, streamed insert %v", read != nil, streamed != nil)
+	}
+	if len(read.After) != len(streamed.After) {
+		t.Fatalf("the snapshot's row has %d columns, the stream's %d", len(read.After), len(streamed.After))
+	}
+	for i, f := range streamed.After {
+		g := read.After[i]
+		if g.Name != f.Name {
+			t.Fatalf("column %d: %s in the snapshot, %s in the stream", i, g.Name, f.Name)
+		}
+		if f.Name == "id" {
+			continue
+		}
+		if !g.Value.Equal(f.Value) {
+			t.Errorf("%s: snapshot %+v, stream %+v", f.Name, g.Value, f.Value)
+		}
+	}
+}

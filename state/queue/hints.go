@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -13,6 +14,9 @@ type hints struct {
 	shards, priorities int
 	floorReset         time.Duration
 	candTTL            time.Duration
+	// turns[shard] (capacity 1) is held by this daemon's conditional write or linearizable read
+	// of the shard in flight (see oneAtATime).
+	turns []chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -21,6 +25,9 @@ type hints struct {
 		// empty[shard*priorities+p]: the last read found nothing due there, and no notice came
 		// since.
 		empty []bool
+		// gens[shard*priorities+p] counts the notices for that level: a read that finds it empty
+		// marks it so only if no notice came while it ran (see markEmpty).
+		gens []uint64
 		// floors[shard*priorities+p]: read that level from this due time on (the rows before
 		// it were claimed); reset at floorsAt + floorReset.
 		floors   []int64
@@ -29,6 +36,9 @@ type hints struct {
 		nextDue int64
 		// busy[shard]: this daemon's claims and conditional writes in flight on the shard.
 		busy []int
+		// waiters[shard]: claims of this daemon waiting for the shard's claim or write in
+		// flight (see wait).
+		waiters [][]*waiter
 		// cands[shard*priorities+p]: due jobs a read returned that no claim here took yet,
 		// until candsUntil.
 		cands      [][]Job
@@ -45,8 +55,14 @@ func (s *Service) hintsOf(d Def) *hints {
 		h = &hints{shards: d.Shards, priorities: d.Priorities, floorReset: s.cfg.FloorReset}
 		h.mu.wake = make(chan struct{})
 		h.mu.empty = make([]bool, d.Shards*d.Priorities)
+		h.mu.gens = make([]uint64, d.Shards*d.Priorities)
 		h.mu.floors = make([]int64, d.Shards*d.Priorities)
 		h.mu.busy = make([]int, d.Shards)
+		h.mu.waiters = make([][]*waiter, d.Shards)
+		h.turns = make([]chan struct{}, d.Shards)
+		for i := range h.turns {
+			h.turns[i] = make(chan struct{}, 1)
+		}
 		h.mu.cands = make([][]Job, d.Shards*d.Priorities)
 		h.mu.candsUntil = make([]time.Time, d.Shards*d.Priorities)
 		h.candTTL = s.cfg.CandidateTTL
@@ -80,6 +96,7 @@ func (h *hints) notice(n Notice, now int64) {
 	if n.Shard >= 0 && n.Shard < h.shards && n.Priority >= 0 && n.Priority < h.priorities {
 		i := n.Shard*h.priorities + n.Priority
 		h.mu.empty[i] = false
+		h.mu.gens[i]++
 		// A job due earlier than the floor (a clock behind ours) is read from its due time.
 		h.mu.floors[i] = min(h.mu.floors[i], n.Due)
 	}
@@ -124,10 +141,25 @@ func (h *hints) isEmpty(shard, p int) bool {
 	return h.mu.empty[shard*h.priorities+p]
 }
 
-func (h *hints) markEmpty(shard, p int) {
+// generation is the count of notices for a level so far.
+func (h *hints) generation(shard, p int) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.mu.empty[shard*h.priorities+p] = true
+	return h.mu.gens[shard*h.priorities+p]
+}
+
+// markEmpty records that a read begun at notice generation gen found nothing due at the level
+// up to now, so that claims skip it and read it from now (less margin) on, unless a notice came
+// while the read ran: its job may not have been visible to the read.
+func (h *hints) markEmpty(shard, p int, gen uint64, floor int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	i := shard*h.priorities + p
+	if h.mu.gens[i] != gen {
+		return
+	}
+	h.mu.empty[i] = true
+	h.mu.floors[i] = max(h.mu.floors[i], floor)
 }
 
 // forgetEmpty makes the next claim read every shard again.
@@ -170,10 +202,65 @@ func (h *hints) reserve(shard int, shared bool) bool {
 	return true
 }
 
+// unreserve ends a reservation. The shard's waiters look again: their shard is free, or its
+// candidates are gone.
 func (h *hints) unreserve(shard int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.mu.busy[shard]--
+	for _, w := range h.mu.waiters[shard] {
+		w.res <- nil
+	}
+	h.mu.waiters[shard] = nil
+}
+
+// waiter is a claim waiting for another claim of this daemon on a shard, which may claim a job
+// for it in the same conditional write.
+type waiter struct {
+	worker string
+	lease  time.Duration
+	// res (buffered) gets exactly one answer: a job claimed for this waiter, or nil: look again.
+	res chan *Job
+}
+
+func newWaiter(worker string, lease time.Duration) *waiter {
+	return &waiter{worker: worker, lease: lease, res: make(chan *Job, 1)}
+}
+
+// wait reserves the shard if it is free (true); else it adds w to the shard's waiters (false).
+func (h *hints) wait(shard int, w *waiter) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mu.busy[shard] == 0 {
+		h.mu.busy[shard]++
+		return true
+	}
+	h.mu.waiters[shard] = append(h.mu.waiters[shard], w)
+	return false
+}
+
+// leave removes w from the shard's waiters; false if a claim took it already (its answer is
+// coming).
+func (h *hints) leave(shard int, w *waiter) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ws := h.mu.waiters[shard]
+	if i := slices.Index(ws, w); i >= 0 {
+		h.mu.waiters[shard] = slices.Delete(ws, i, i+1)
+		return true
+	}
+	return false
+}
+
+// takeWaiters removes and returns up to n of the shard's waiters, oldest first.
+func (h *hints) takeWaiters(shard, n int) []*waiter {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ws := h.mu.waiters[shard]
+	n = min(n, len(ws))
+	taken := slices.Clone(ws[:n])
+	h.mu.waiters[shard] = slices.Delete(ws, 0, n)
+	return taken
 }
 
 // takeCandidates returns (and forgets) the level's cached candidates, if still fresh, and until

@@ -39,14 +39,16 @@ type Config struct {
 	DefRecheck time.Duration `yaml:"def_recheck" help:"how long a queue definition is cached"`
 	// FloorMargin: a claim reads a shard from the due time of the first job it saw there, less
 	// this margin, so that it does not read again past the rows of jobs claimed before (Cassandra
-	// tombstones). Jobs due earlier than that (a clock further behind) are found at the next
-	// full read. Default 1s.
+	// tombstones). A job enqueued elsewhere with an earlier due time (a clock behind ours) lowers
+	// the floor by its notice; the margin covers such a job whose notice was lost, for clocks up
+	// to this far apart, and the next full read (FloorReset) any other. Default 100ms.
 	FloorMargin time.Duration `yaml:"floor_margin" help:"how far before the first due job a claim reads a shard from"`
 	// CandidateTTL is how long the candidates of a read that a claim did not take stay the
 	// next claims' candidates in this daemon (each saves a read; one another daemon took costs
 	// a failed conditional write). Default 500ms.
 	CandidateTTL time.Duration `yaml:"candidate_ttl" help:"how long unclaimed candidates of a read are tried by the next claims here"`
-	// FloorReset is how often a shard is read from its start regardless. Default 10s.
+	// FloorReset is how often a shard is read from its start regardless: the longest a job
+	// enqueued behind the floor waits when its notice is lost. Default 30s.
 	FloorReset time.Duration `yaml:"floor_reset" help:"how often a claim reads a shard from its start"`
 	// MaxWait bounds how long one claim may wait for a job. Default 60s.
 	MaxWait time.Duration `yaml:"max_wait" help:"longest wait a claim may ask for"`
@@ -61,7 +63,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Candidates: 8, ReapInterval: time.Second, ReapGrace: 500 * time.Millisecond, PollInterval: 2 * time.Second,
-		DefRecheck: 2 * time.Second, FloorMargin: time.Second, CandidateTTL: 500 * time.Millisecond, FloorReset: 10 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second,
+		DefRecheck: 2 * time.Second, FloorMargin: 100 * time.Millisecond, CandidateTTL: 500 * time.Millisecond, FloorReset: 30 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second,
 		SerialConsistency: "SERIAL"}
 }
 
@@ -153,6 +155,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, store: deps.Store, now: deps.Now, rand: deps.Rand, notify: deps.Notify, elect: deps.Elector,
 		cand: deps.Candidate, log: deps.Logger.With("component", "queue"), m: m}
+	s.store = oneAtATime{Store: deps.Store, s: s}
 	s.mu.defs = map[string]cachedDef{}
 	s.mu.queues = map[string]*hints{}
 	return s, nil
@@ -354,18 +357,31 @@ func (s *Service) Claim(ctx context.Context, namespace, name, worker string, lea
 	}
 }
 
+// maxClaimRounds bounds how often one tryClaim looks at the shards again after waiting for
+// another claim of this daemon (each round follows that claim's end).
+const maxClaimRounds = 64
+
 // tryClaim looks for a due job from the highest priority down, reading the shards of a level
-// starting at a random one, and tries to claim a candidate.
+// starting at a random one, and tries to claim a candidate. A shard where this daemon has a
+// claim or conditional write in flight is skipped: their Paxos rounds would contend (Cassandra
+// makes the loser sleep and try again). When every shard of a level that may hold jobs is busy
+// here, the claim waits for one of them: the claim in flight there claims a job for it too, in
+// its own conditional write, if it has a candidate to spare; else it looks again.
 func (s *Service) tryClaim(ctx context.Context, d Def, h *hints, worker string, lease time.Duration) (*Job, error) {
-	for p := d.Priorities - 1; p >= 0; p-- {
-		start := int(s.rand() % uint64(d.Shards))
-		// First the shards where this daemon has no conditional write in flight (their Paxos
-		// rounds would contend with ours: Cassandra makes the loser sleep and try again), then
-		// the others.
-		for pass := range 2 {
+rounds:
+	for range maxClaimRounds {
+		for p := d.Priorities - 1; p >= 0; p-- {
+			start := int(s.rand() % uint64(d.Shards))
+			busy := -1
 			for i := range d.Shards {
 				shard := (start + i) % d.Shards
-				if h.isEmpty(shard, p) || !h.reserve(shard, pass == 1) {
+				if h.isEmpty(shard, p) {
+					continue
+				}
+				if !h.reserve(shard, false) {
+					if busy < 0 {
+						busy = shard
+					}
 					continue
 				}
 				j, err := s.claimIn(ctx, d, h, shard, p, worker, lease)
@@ -374,19 +390,60 @@ func (s *Service) tryClaim(ctx context.Context, d Def, h *hints, worker string, 
 					return j, err
 				}
 			}
+			if busy < 0 {
+				continue // nothing due at this level
+			}
+			w := newWaiter(worker, lease)
+			if h.wait(busy, w) { // free again: claim there
+				j, err := s.claimIn(ctx, d, h, busy, p, worker, lease)
+				h.unreserve(busy)
+				if j != nil || err != nil {
+					return j, err
+				}
+				continue rounds
+			}
+			j, err := s.awaitClaim(ctx, h, busy, w)
+			if j != nil || err != nil {
+				return j, err
+			}
+			continue rounds
 		}
+		return nil, nil
 	}
 	return nil, nil
+}
+
+// awaitClaim waits for w's answer from the claim in flight on shard.
+func (s *Service) awaitClaim(ctx context.Context, h *hints, shard int, w *waiter) (*Job, error) {
+	select {
+	case j := <-w.res:
+		return j, nil
+	case <-ctx.Done():
+	}
+	if h.leave(shard, w) {
+		return nil, fmt.Errorf("%w: claim: %w", state.ErrUnavailable, ctx.Err())
+	}
+	// A claim took w: its answer comes within that claim's store calls (each bounded).
+	t := time.NewTimer(2 * s.cfg.OpTimeout)
+	defer t.Stop()
+	select {
+	case j := <-w.res:
+		return j, nil
+	case <-t.C:
+		return nil, fmt.Errorf("%w: claim: %w", state.ErrUnavailable, ctx.Err())
+	}
 }
 
 // claimIn tries to claim one of a shard's due jobs of priority p: candidates that an earlier
 // read here returned and no claim here took yet (at most CandidateTTL old), or else those of a
 // new read. The caller holds the shard's reservation, so this daemon's claims do not race each
-// other for candidates.
+// other for candidates. Claims waiting for this shard get a candidate each, as far as there are
+// candidates, in the same conditional write.
 func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, worker string, lease time.Duration) (*Job, error) {
 	jobs, until := h.takeCandidates(shard, p, s.now())
 	if len(jobs) == 0 {
 		until = s.now().Add(s.cfg.CandidateTTL)
+		gen := h.generation(shard, p)
 		var err error
 		jobs, err = s.store.Ready(ctx, d, shard, p, h.floor(shard, p, s.now()), s.nowMicros(), s.cfg.Candidates)
 		if err != nil {
@@ -395,8 +452,7 @@ func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, wo
 		if len(jobs) == 0 {
 			// Nothing is due here up to now: the next read starts from now (less the margin for
 			// clocks behind ours), past the rows claimed before (Cassandra tombstones).
-			h.markEmpty(shard, p)
-			h.raiseFloor(shard, p, s.nowMicros()-s.cfg.FloorMargin.Microseconds())
+			h.markEmpty(shard, p, gen, s.nowMicros()-s.cfg.FloorMargin.Microseconds())
 			return nil, nil
 		}
 		h.raiseFloor(shard, p, jobs[0].slot.Due-s.cfg.FloorMargin.Microseconds())
@@ -405,14 +461,73 @@ func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, wo
 		off := int(s.rand() % uint64(len(jobs)))
 		jobs = append(jobs[off:], jobs[:off]...)
 	}
-	for k := range jobs {
-		j, err := s.claimOne(ctx, d, &jobs[k], worker, lease)
-		if j != nil || err != nil {
-			h.keepCandidates(shard, p, jobs[k+1:], until)
-			return j, err
+	ws := append([]*waiter{newWaiter(worker, lease)}, h.takeWaiters(shard, len(jobs)-1)...)
+	defer func() {
+		for _, w := range ws[1:] { // those not served look again
+			w.res <- nil
 		}
+	}()
+	for tries := len(jobs); len(jobs) > 0 && tries > 0; tries-- { // each failed try drops a candidate
+		k := min(len(jobs), len(ws))
+		got, rest, err := s.claimBatch(ctx, d, shard, jobs, ws[:k])
+		jobs = rest
+		if err != nil {
+			return nil, err
+		}
+		if got == nil {
+			continue // a candidate was gone: the others again
+		}
+		for i, w := range ws[1:k] {
+			w.res <- got[i+1]
+		}
+		ws = append(ws[:1], ws[k:]...)
+		h.keepCandidates(shard, p, jobs, until)
+		return got[0], nil
 	}
 	return nil, nil
+}
+
+// claimBatch claims cands[i] for ws[i] (i < len(ws)), all in one conditional write. It returns
+// the claimed jobs, or nil when a candidate was gone (then nothing is claimed), and the
+// candidates still worth trying.
+func (s *Service) claimBatch(ctx context.Context, d Def, shard int, cands []Job, ws []*waiter) ([]*Job, []Job, error) {
+	now := s.now()
+	from := make([]slot, len(ws))
+	claims := make([]*Job, len(ws))
+	for i, w := range ws {
+		j := cands[i]
+		from[i] = j.slot
+		j.slot = slot{Kind: kindClaimed, ID: j.ID}
+		j.Attempts++
+		j.LeaseUntil = now.Add(w.lease).UnixMicro()
+		j.Holder, j.Token = w.worker, s.newToken(j.LeaseUntil)
+		claims[i] = &j
+	}
+	ok, exist, err := s.store.ClaimAll(ctx, d, shard, from, claims)
+	if err != nil {
+		// Unknown outcome (all or nothing): a linearizable read of one claimed row settles it.
+		got, gerr := s.store.Get(ctx, d, shard, claims[0].slot)
+		if gerr != nil || got == nil || got.Token != claims[0].Token {
+			return nil, nil, err
+		}
+		ok = true
+	}
+	rest := cands[len(ws):]
+	if !ok {
+		var still []Job
+		for i, e := range exist {
+			if e {
+				still = append(still, cands[i])
+			} else {
+				s.m.lost.Inc()
+			}
+		}
+		return nil, append(still, rest...), nil
+	}
+	for _, j := range claims {
+		s.m.latency.Observe(float64(now.UnixMicro()-max(j.Due, j.Enqueued)) / 1e6)
+	}
+	return claims, rest, nil
 }
 
 // move is Store.Move with the shard marked busy in this daemon's hints meanwhile, so that claims
@@ -457,32 +572,6 @@ func (s *Service) checkToken(d Def, id, token string) error {
 		return fmt.Errorf("%w: job %s of %s", ErrLeaseExpired, id, d.Key())
 	}
 	return nil
-}
-
-// claimOne moves candidate c to the claimed rows under a new token; nil if another worker got it
-// first.
-func (s *Service) claimOne(ctx context.Context, d Def, c *Job, worker string, lease time.Duration) (*Job, error) {
-	now := s.now()
-	j := *c
-	j.slot = slot{Kind: kindClaimed, ID: c.ID}
-	j.Attempts++
-	j.LeaseUntil = now.Add(lease).UnixMicro()
-	j.Holder, j.Token = worker, s.newToken(j.LeaseUntil)
-	ok, _, err := s.store.Move(ctx, d, c.Shard, c.slot, cond{}, &j) // the shard is reserved by tryClaim
-	if err != nil {
-		// Unknown outcome: a linearizable read of the claimed row settles it.
-		got, gerr := s.store.Get(ctx, d, c.Shard, j.slot)
-		if gerr != nil || got == nil || got.Token != j.Token {
-			return nil, err
-		}
-		ok = true
-	}
-	if !ok {
-		s.m.lost.Inc()
-		return nil, nil
-	}
-	s.m.latency.Observe(float64(now.UnixMicro()-max(c.Due, c.Enqueued)) / 1e6)
-	return &j, nil
 }
 
 // held reads the claimed row of a job linearizably and checks the caller's token and lease.

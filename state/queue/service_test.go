@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/musicd/musicd/internal/testenv"
 	"github.com/musicd/musicd/state"
 )
 
@@ -283,4 +284,121 @@ func TestExactlyOnceUnderExpiry(t *testing.T) {
 		}
 		t.Logf("%d jobs, %d claims abandoned", jobs, abandoned)
 	})
+}
+
+// gatedStore holds a queue's first read until enough claims wait for its shard, and records
+// the size of every ClaimAll.
+type gatedStore struct {
+	Store
+	gate  func()
+	once  sync.Once
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (g *gatedStore) Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error) {
+	g.once.Do(g.gate)
+	return g.Store.Ready(ctx, d, shard, priority, from, to, limit)
+}
+
+func (g *gatedStore) ClaimAll(ctx context.Context, d Def, shard int, from []slot, claims []*Job) (bool, []bool, error) {
+	ok, exist, err := g.Store.ClaimAll(ctx, d, shard, from, claims)
+	if ok {
+		g.mu.Lock()
+		g.sizes = append(g.sizes, len(claims))
+		g.mu.Unlock()
+	}
+	return ok, exist, err
+}
+
+// TestSharedClaims: claims of one daemon that wait for a shard another of its claims is reading
+// get a job each from that claim's conditional write; every job is claimed once, by one holder.
+func TestSharedClaims(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st Store) {
+		ctx := context.Background()
+		g := &gatedStore{Store: st}
+		s := newService(t, g, fastConfig())
+		d, err := s.CreateQueue(ctx, Def{Namespace: "app", Name: "shared", Shards: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const jobs, claimers = 12, 5
+		for i := range jobs {
+			if _, _, err := s.Enqueue(ctx, "app", "shared", NewJob{Payload: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h := s.hintsOf(d)
+		g.gate = func() {
+			testenv.WaitFor(t, 10*time.Second, "the other claims to wait for the shard", func() bool {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				return len(h.mu.waiters[0]) == claimers-1
+			})
+		}
+		var mu sync.Mutex
+		holder := map[string]string{}
+		claimAll := func(w int) {
+			j, err := s.Claim(ctx, "app", "shared", fmt.Sprintf("w%d", w), time.Minute, 0)
+			if err != nil || j == nil {
+				t.Errorf("claim by w%d: %+v %v", w, j, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if prev, dup := holder[j.ID]; dup {
+				t.Errorf("job %s claimed by %s and w%d", j.ID, prev, w)
+			}
+			holder[j.ID] = j.Holder
+			if j.Holder != fmt.Sprintf("w%d", w) {
+				t.Errorf("w%d got a job held by %s", w, j.Holder)
+			}
+		}
+		var wg sync.WaitGroup
+		for w := range claimers {
+			wg.Add(1)
+			go func() { defer wg.Done(); claimAll(w) }()
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		g.mu.Lock()
+		first := g.sizes[0]
+		g.mu.Unlock()
+		if first != claimers {
+			t.Fatalf("the first conditional write claimed %d jobs, want %d (sizes %v)", first, claimers, g.sizes)
+		}
+		// Every job held by its claimer, in the store; the rest still ready.
+		for id, w := range holder {
+			got, err := st.Get(ctx, d, 0, slot{Kind: kindClaimed, ID: id})
+			if err != nil || got == nil || got.Holder != w {
+				t.Fatalf("claimed row of %s: %+v %v, want holder %s", id, got, err, w)
+			}
+		}
+		if left, err := s.Peek(ctx, "app", "shared", 100); err != nil || len(left) != jobs-claimers {
+			t.Fatalf("ready after the claims: %d %v, want %d", len(left), err, jobs-claimers)
+		}
+	})
+}
+
+// A read that found a level empty does not mark it so when a notice for it came while the read
+// ran: the notice's job may have been written after the read looked.
+func TestNoticeDuringEmptyRead(t *testing.T) {
+	s := newService(t, embeddedStore(t), fastConfig())
+	h := s.hintsOf(Def{Namespace: "app", Name: "q", Shards: 2, Priorities: 1})
+	gen := h.generation(1, 0)
+	h.notice(Notice{Namespace: "app", Name: "q", Shard: 1, Priority: 0, Due: 5}, 10)
+	h.markEmpty(1, 0, gen, 100)
+	if h.isEmpty(1, 0) {
+		t.Fatal("level marked empty although a notice came during the read")
+	}
+	if f := h.floor(1, 0, s.now()); f != 0 {
+		t.Fatalf("floor %d after the notice of a job due at 5, want 0", f)
+	}
+	gen = h.generation(1, 0)
+	h.markEmpty(1, 0, gen, 100)
+	if !h.isEmpty(1, 0) || h.floor(1, 0, s.now()) != 100 {
+		t.Fatalf("a read with no notice meanwhile: empty %v floor %d, want true 100", h.isEmpty(1, 0), h.floor(1, 0, s.now()))
+	}
 }

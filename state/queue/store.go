@@ -52,6 +52,11 @@ type Store interface {
 	// or is removed when there is none (completed, deleted). When the condition fails it returns
 	// ok = false and, when the row exists, its token (nil when there is none).
 	Move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (ok bool, cur *Job, err error)
+	// ClaimAll moves several ready jobs of one shard to their claimed rows (claims[i], at a
+	// claimed slot with claims[i].ID) in one atomic write, if every one of their ready rows
+	// (from[i]) exists; else it changes nothing, returns ok = false, and reports in exist which
+	// of the ready rows still do. Each job's index row follows it, as in Move.
+	ClaimAll(ctx context.Context, d Def, shard int, from []slot, claims []*Job) (ok bool, exist []bool, err error)
 }
 
 // insertMode is how Insert treats an id in use.

@@ -270,6 +270,54 @@ func TestStoreConformance(t *testing.T) {
 				return got == nil
 			})
 		})
+		t.Run("claim all", func(t *testing.T) {
+			d := testDef("claimall")
+			if _, err := st.CreateQueue(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			var from []slot
+			for i, id := range []string{"a", "b", "c"} {
+				j := Job{Shard: 2, ID: id, Priority: 1, Due: int64(10 + i), Enqueued: 3, Payload: []byte("p" + id)}
+				if _, err := st.Insert(ctx, d, j, insertNew); err != nil {
+					t.Fatal(err)
+				}
+				from = append(from, slot{Kind: kindReady, Priority: 1, Due: j.Due, ID: id})
+			}
+			claim := func(f slot, token string) *Job {
+				return &Job{Shard: 2, slot: slot{Kind: kindClaimed, ID: f.ID}, ID: f.ID, Priority: 1, Due: f.Due, Enqueued: 3,
+					Payload: []byte("p" + f.ID), Attempts: 1, Holder: "w" + token, Token: token, LeaseUntil: 99}
+			}
+			ok, exist, err := st.ClaimAll(ctx, d, 2, from[:2], []*Job{claim(from[0], "ta"), claim(from[1], "tb")})
+			if err != nil || !ok || exist != nil {
+				t.Fatalf("claim a and b: %v %v %v", ok, exist, err)
+			}
+			for _, f := range from[:2] {
+				got, err := st.Get(ctx, d, 2, slot{Kind: kindClaimed, ID: f.ID})
+				if err != nil || got == nil || got.Token != "t"+f.ID || got.Holder != "wt"+f.ID || string(got.Payload) != "p"+f.ID || got.Due != f.Due {
+					t.Fatalf("claimed row of %s: %+v %v", f.ID, got, err)
+				}
+				if s, err := locate(ctx, st, d, 2, f.ID); err != nil || s == nil || *s != (slot{Kind: kindClaimed, ID: f.ID}) {
+					t.Fatalf("index of claimed %s: %+v %v", f.ID, s, err)
+				}
+			}
+			// b is gone: nothing changes, and c is reported as still there.
+			ok, exist, err = st.ClaimAll(ctx, d, 2, []slot{from[1], from[2]}, []*Job{claim(from[1], "tb2"), claim(from[2], "tc")})
+			if err != nil || ok || len(exist) != 2 || exist[0] || !exist[1] {
+				t.Fatalf("claim b again and c: %v %v %v, want not applied, exist [false true]", ok, exist, err)
+			}
+			if got, _ := st.Get(ctx, d, 2, slot{Kind: kindClaimed, ID: "b"}); got == nil || got.Token != "tb" {
+				t.Fatalf("b's claim changed: %+v", got)
+			}
+			if jobs, err := st.Ready(ctx, d, 2, 1, 0, 100, 10); err != nil || len(jobs) != 1 || jobs[0].ID != "c" {
+				t.Fatalf("ready rows: %+v %v, want c only", jobs, err)
+			}
+			if got, _ := st.Get(ctx, d, 2, slot{Kind: kindClaimed, ID: "c"}); got != nil {
+				t.Fatalf("c claimed by a batch that failed: %+v", got)
+			}
+			if _, _, err := st.ClaimAll(ctx, d, 2, from[:1], nil); err == nil {
+				t.Fatal("ClaimAll with mismatched lengths: no error")
+			}
+		})
 		t.Run("index", func(t *testing.T) {
 			d := testDef("index")
 			if _, err := st.CreateQueue(ctx, d); err != nil {

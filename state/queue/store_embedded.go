@@ -299,6 +299,42 @@ func (st *EmbeddedStore) Get(_ context.Context, d Def, shard int, s slot) (*Job,
 	return st.decode(shard, s, v)
 }
 
+// ClaimAll implements Store.
+func (st *EmbeddedStore) ClaimAll(ctx context.Context, d Def, shard int, from []slot, claims []*Job) (bool, []bool, error) {
+	if len(from) != len(claims) || len(from) == 0 {
+		return false, nil, fmt.Errorf("queue: ClaimAll of %d ready rows to %d claims", len(from), len(claims))
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	exist := make([]bool, len(from))
+	all := true
+	for i, f := range from {
+		_, ok, err := st.get(slotKey(d, shard, f))
+		if err != nil {
+			return false, nil, err
+		}
+		exist[i] = ok
+		all = all && ok
+	}
+	if !all {
+		return false, exist, nil
+	}
+	b := st.db.NewBatch()
+	defer b.Close()
+	for i, f := range from {
+		if err := b.Delete(slotKey(d, shard, f), nil); err != nil {
+			return false, nil, err
+		}
+		if err := st.set(b, d, shard, claims[i]); err != nil {
+			return false, nil, err
+		}
+		if err := st.set(b, d, shard, indexRow(claims[i].slot)); err != nil {
+			return false, nil, err
+		}
+	}
+	return true, nil, b.Commit(pebble.Sync)
+}
+
 // Move implements Store.
 func (st *EmbeddedStore) Move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (bool, *Job, error) {
 	st.mu.Lock()
