@@ -61,6 +61,9 @@ type StreamStatus struct {
 	Head    uint64 // the stream's head at the last read
 	Err     error  // why the stream stopped (wraps ErrStopped), or the last transient error
 	Stopped bool
+	// WaitingSnapshot: the target's own capture is snapshotting tables (a local stream's last
+	// snapshot state mark has a table in progress), so this stream waits (see snapshotState).
+	WaitingSnapshot bool
 }
 
 // Applier replays journal streams of other sites into one target MariaDB database. Run drives
@@ -72,6 +75,12 @@ type Applier struct {
 	now     func() time.Time
 	metrics *metrics
 	workers map[string]*worker
+
+	// snapshotting[local stream]: its last snapshot state mark applied here has a table in
+	// progress. While any has, the other sites' streams wait: the target's capture would read
+	// the rows they write into the snapshot and journal them again as this site's (an echo).
+	snapMu       sync.Mutex
+	snapshotting map[string]bool
 
 	// testHook, if set, is called after each entry is applied (inside its target transaction).
 	testHook func(stream string, seq uint64)
@@ -88,7 +97,8 @@ func New(cfg Config, store journal.Store, logger *slog.Logger, reg prometheus.Re
 	if err != nil {
 		return nil, err
 	}
-	a := &Applier{cfg: cfg, store: store, logger: logger, now: now, metrics: m, workers: map[string]*worker{}}
+	a := &Applier{cfg: cfg, store: store, logger: logger, now: now, metrics: m, workers: map[string]*worker{},
+		snapshotting: map[string]bool{}}
 	for _, s := range cfg.Streams {
 		a.workers[s] = newWorker(a, s, false)
 	}
@@ -108,6 +118,40 @@ func (a *Applier) Notify(stream string, _ uint64) {
 		default:
 		}
 	}
+}
+
+// snapshotStateTx is the transaction id of the binlog capture's snapshot state marks
+// (binlog.stateMark): their Table names the table in progress, empty when none is.
+const snapshotStateTx = "snapshot-state"
+
+// snapshotState records a local stream's snapshot state mark; when the last table is done, the
+// other streams are woken.
+func (a *Applier) snapshotState(stream string, e *journal.Entry) {
+	busy := e.Table != ""
+	a.snapMu.Lock()
+	was := a.snapshotting[stream]
+	a.snapshotting[stream] = busy
+	a.snapMu.Unlock()
+	if was && !busy {
+		a.logger.Info("applier: the target's snapshot is done; applying again", "local_stream", stream)
+		for _, s := range a.cfg.Streams {
+			a.Notify(s, 0)
+		}
+	} else if busy && !was {
+		a.logger.Info("applier: the target's capture is snapshotting; other sites' streams wait", "local_stream", stream, "table", e.Database+"."+e.Table)
+	}
+}
+
+// localSnapshotting reports whether the target's capture has a snapshot in progress.
+func (a *Applier) localSnapshotting() bool {
+	a.snapMu.Lock()
+	defer a.snapMu.Unlock()
+	for _, busy := range a.snapshotting {
+		if busy {
+			return true
+		}
+	}
+	return false
 }
 
 // Status returns every stream's progress.
@@ -218,6 +262,8 @@ type worker struct {
 		err           error
 		stopped       bool
 		changed       chan struct{} // closed and replaced when applied changes
+		// waitingSnapshot: the last step waited for the target's snapshot (see snapshotState).
+		waitingSnapshot bool
 	}
 }
 
@@ -230,7 +276,8 @@ func newWorker(a *Applier, stream string, local bool) *worker {
 func (w *worker) status() StreamStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return StreamStatus{Stream: w.stream, Local: w.local, Applied: w.mu.applied, Head: w.mu.head, Err: w.mu.err, Stopped: w.mu.stopped}
+	return StreamStatus{Stream: w.stream, Local: w.local, Applied: w.mu.applied, Head: w.mu.head, Err: w.mu.err, Stopped: w.mu.stopped,
+		WaitingSnapshot: w.mu.waitingSnapshot}
 }
 
 func (w *worker) progress() (<-chan struct{}, uint64, bool) {
@@ -323,6 +370,13 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 		w.conn, w.pos, w.replay = t, pos, true
 		w.setApplied(pos)
 	}
+	waiting := !w.local && w.a.localSnapshotting()
+	w.mu.Lock()
+	w.mu.waitingSnapshot = waiting
+	w.mu.Unlock()
+	if waiting {
+		return false, nil // woken when the snapshot is done
+	}
 	head, err := w.a.store.Head(ctx, w.stream)
 	if err != nil {
 		return false, err
@@ -384,6 +438,9 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 			e := &es[i]
 			if ctx.Err() != nil {
 				return progressed, nil
+			}
+			if w.local && e.Op == journal.OpMark && e.Tx.ID == snapshotStateTx {
+				w.a.snapshotState(w.stream, e)
 			}
 			if e.Op == journal.OpRead {
 				// A snapshot row is the row as it was at a point of the stream: applied as an

@@ -479,3 +479,55 @@ func diffLines(want, got string) string {
 	sort.Strings(out)
 	return strings.Join(out[:min(20, len(out))], "\n")
 }
+
+// While the target's own capture snapshots a table (its stream's last snapshot state mark names
+// a table in progress), the other sites' streams wait: the snapshot would read what they write
+// and journal it again as this site's. When the mark says the snapshot is done, they go on.
+func TestWaitsForTheTargetsSnapshot(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
+	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
+	store := openJournal(t)
+	streamA := startCapture(t, a, store, nil)
+	ctx := context.Background()
+	const local = "binlog/b/b"
+	if _, err := store.Fence(ctx, local, 1); err != nil {
+		t.Fatal(err)
+	}
+	clock := journal.NewClock(time.Now, 0)
+	mark := func(seq uint64, table string) {
+		e := journal.Entry{Seq: seq, HLC: clock.Now(), Origin: "b", Op: journal.OpMark, Statement: "snapshot",
+			Tx: journal.Tx{ID: snapshotStateTx, Count: 1, Last: true}, Database: db, Table: table}
+		if table == "" {
+			e.Database = ""
+		}
+		if err := store.Append(ctx, local, 1, []journal.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mark(1, "t") // b's capture is snapshotting t
+	cfg := testConfig(t, b, streamA)
+	cfg.LocalStreams = []string{local}
+	r := startApplier(t, cfg, store, nil)
+	testenv.WaitFor(t, 30*time.Second, "the local stream's mark to be read", func() bool { return r.status(local).Applied >= 1 })
+
+	a.exec("INSERT INTO " + db + ".t VALUES (1, 'from a')")
+	waitJournaled(t, store, streamA, "t", 1)
+	r.a.Notify(streamA, 0)
+	testenv.WaitFor(t, 30*time.Second, "a's stream to wait for b's snapshot", func() bool { return r.status(streamA).WaitingSnapshot })
+	if n := b.count("SELECT COUNT(*) FROM " + db + ".t"); n != 0 {
+		t.Fatalf("%d rows applied at b while its capture snapshots the table", n)
+	}
+
+	mark(2, "") // the snapshot is done
+	r.a.Notify(local, 2)
+	r.waitApplied(store, streamA)
+	if got := b.dump("SELECT id, v FROM " + db + ".t"); got != "1|from a\n" {
+		t.Fatalf("site b rows after the snapshot:\n%s", got)
+	}
+	if r.status(streamA).WaitingSnapshot {
+		t.Fatal("a's stream still waiting after the snapshot is done")
+	}
+}

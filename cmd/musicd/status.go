@@ -62,8 +62,10 @@ type applierStreamView struct {
 	Applied uint64 `json:"applied"`
 	Head    uint64 `json:"head"`
 	Behind  uint64 `json:"behind"`
-	Stopped bool   `json:"stopped,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// WaitingSnapshot: the stream waits while the target's own capture snapshots a table.
+	WaitingSnapshot bool   `json:"waiting_snapshot,omitempty"`
+	Stopped         bool   `json:"stopped,omitempty"`
+	Error           string `json:"error,omitempty"`
 }
 
 // statusSource assembles the view. observer is nil in embedded mode (no elections).
@@ -152,7 +154,8 @@ func (s *statusSource) status(ctx context.Context) (any, error) {
 	for i, a := range s.appliers {
 		as := applierStatus{Target: s.targets[i], Streams: []applierStreamView{}}
 		for _, st := range a.Status() {
-			sv := applierStreamView{Stream: st.Stream, Local: st.Local, Applied: st.Applied, Head: st.Head, Stopped: st.Stopped}
+			sv := applierStreamView{Stream: st.Stream, Local: st.Local, Applied: st.Applied, Head: st.Head, Stopped: st.Stopped,
+				WaitingSnapshot: st.WaitingSnapshot}
 			if st.Head > st.Applied {
 				sv.Behind = st.Head - st.Applied
 			}
