@@ -192,14 +192,20 @@ func TestExactlyOnceAcrossCrash(t *testing.T) {
 // What the applier writes at site b is not captured by site b's capture (no echo), while a row
 // written natively at b is; the applied events are in b's binary log, flagged
 // skip_replication, so that native replicas of b still receive them.
-func TestNoEcho(t *testing.T) {
-	db := testenv.UniqueName("apl_")
-	a := openSite(t, "a", testenv.MariaDBA(t), db)
-	b := openSite(t, "b", testenv.MariaDBB(t), db)
+// sitesWithT opens the test's database at sites a and b with table t (id, v) at both, a journal,
+// and site a's capture into it.
+func sitesWithT(t *testing.T) (db string, a, b *siteDB, store journal.Store, streamA string) {
+	db = testenv.UniqueName("apl_")
+	a = openSite(t, "a", testenv.MariaDBA(t), db)
+	b = openSite(t, "b", testenv.MariaDBB(t), db)
 	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
 	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
-	store := openJournal(t)
-	streamA := startCapture(t, a, store, nil)
+	store = openJournal(t)
+	return db, a, b, store, startCapture(t, a, store, nil)
+}
+
+func TestNoEcho(t *testing.T) {
+	db, a, b, store, streamA := sitesWithT(t)
 	streamB := startCapture(t, b, store, nil)
 	startPos := strings.TrimSpace(b.dump("SELECT @@gtid_binlog_pos"))
 
@@ -484,13 +490,7 @@ func diffLines(want, got string) string {
 // a table in progress), the other sites' streams wait: the snapshot would read what they write
 // and journal it again as this site's. When the mark says the snapshot is done, they go on.
 func TestWaitsForTheTargetsSnapshot(t *testing.T) {
-	db := testenv.UniqueName("apl_")
-	a := openSite(t, "a", testenv.MariaDBA(t), db)
-	b := openSite(t, "b", testenv.MariaDBB(t), db)
-	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
-	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
-	store := openJournal(t)
-	streamA := startCapture(t, a, store, nil)
+	db, a, b, store, streamA := sitesWithT(t)
 	ctx := context.Background()
 	const local = "binlog/b/b"
 	if _, err := store.Fence(ctx, local, 1); err != nil {
