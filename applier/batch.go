@@ -201,7 +201,7 @@ func (w *worker) prefetchStates(run []*journal.Entry, idx []int, out []prefetche
 		e := run[i]
 		args = append(args, int64(i))
 		for _, f := range compareImage(e) {
-			args = append(args, arg(f.Value))
+			args = append(args, f.Value.SQLArg())
 		}
 		_, kargs := whereKey(targetKey(e))
 		args = append(args, kargs...)
@@ -247,7 +247,7 @@ func (w *worker) prefetchKeysAndClocks(run []*journal.Entry, idx []int, out []pr
 	args := make([]any, 0, n*(len(key0)+1)+2)
 	for p := range n {
 		for _, f := range targetKey(run[idx[min(p, len(idx)-1)]]) {
-			args = append(args, arg(f.Value))
+			args = append(args, f.Value.SQLArg())
 		}
 	}
 	args = append(args, e0.Database, e0.Table)
@@ -423,7 +423,7 @@ func (w *worker) execGroup(group []queued) error {
 			q = "DELETE FROM " + tbl + " WHERE (" + strings.Join(keyCols, ", ") + ") IN (" + strings.TrimSuffix(strings.Repeat(tuple+", ", n), ", ") + ")"
 			for _, g := range part {
 				for _, f := range g.act.Key {
-					args = append(args, arg(f.Value))
+					args = append(args, f.Value.SQLArg())
 				}
 			}
 		} else {
@@ -439,7 +439,7 @@ func (w *worker) execGroup(group []queued) error {
 			}
 			for _, g := range part {
 				for _, f := range g.act.Row {
-					args = append(args, arg(f.Value))
+					args = append(args, f.Value.SQLArg())
 				}
 			}
 		}

@@ -159,7 +159,7 @@ func (t *target) rowState(db, table string, key, img journal.Row) (exists, match
 	cmp := []string{"1"}
 	for _, f := range img {
 		cmp = append(cmp, "("+quote(f.Name)+" <=> ?)")
-		args = append(args, arg(f.Value))
+		args = append(args, f.Value.SQLArg())
 	}
 	sel = append(sel, strings.Join(cmp, " AND "))
 	for _, f := range img {
@@ -167,7 +167,7 @@ func (t *target) rowState(db, table string, key, img journal.Row) (exists, match
 	}
 	for _, f := range key {
 		where = append(where, quote(f.Name)+" = ?")
-		args = append(args, arg(f.Value))
+		args = append(args, f.Value.SQLArg())
 	}
 	q := "SELECT " + strings.Join(sel, ", ") + " FROM " + quote(db) + "." + quote(table) + " WHERE " + strings.Join(where, " AND ") + " FOR UPDATE"
 	r, err := t.exec(q, args...)
@@ -268,7 +268,7 @@ func columns(r journal.Row) (cols, marks []string, args []any) {
 	for _, f := range r {
 		cols = append(cols, quote(f.Name))
 		marks = append(marks, "?")
-		args = append(args, arg(f.Value))
+		args = append(args, f.Value.SQLArg())
 	}
 	return cols, marks, args
 }
@@ -278,7 +278,7 @@ func whereKey(key journal.Row) (string, []any) {
 	var args []any
 	for _, f := range key {
 		w = append(w, quote(f.Name)+" = ?")
-		args = append(args, arg(f.Value))
+		args = append(args, f.Value.SQLArg())
 	}
 	return strings.Join(w, " AND "), args
 }
@@ -317,33 +317,6 @@ func checkIdentifiers(e *journal.Entry) error {
 // quote quotes a checked identifier for MariaDB.
 func quote(id string) string { return "`" + strings.ReplaceAll(id, "`", "``") + "`" }
 
-// arg converts a journal value into the bound argument that stores exactly that value: integers
-// with their signedness, floats with their width, decimals and temporal values as the server's
-// own text (converted by the server, without a float in between), bytes as bytes, NULL as NULL.
-func arg(v journal.Value) any {
-	switch v.Kind {
-	case journal.KindNull:
-		return nil
-	case journal.KindInt:
-		return v.Int
-	case journal.KindUint:
-		return v.Uint
-	case journal.KindBool:
-		return v.Uint
-	case journal.KindFloat32:
-		return float32(v.Float)
-	case journal.KindFloat64:
-		return v.Float
-	case journal.KindBytes:
-		if v.Bytes == nil {
-			return []byte{}
-		}
-		return v.Bytes
-	default: // decimal, string, temporal, json
-		return v.Str
-	}
-}
-
 // display renders a value read from the target for conflict reports and dead letters.
 func display(v any) any {
 	switch b := v.(type) {
@@ -366,7 +339,7 @@ func rowMap(r journal.Row) map[string]any {
 	}
 	m := make(map[string]any, len(r))
 	for _, f := range r {
-		v := arg(f.Value)
+		v := f.Value.SQLArg()
 		if f.Value.Kind == journal.KindBytes {
 			v = display(f.Value.Bytes)
 		}

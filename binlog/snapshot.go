@@ -612,10 +612,10 @@ func chunkQuery(t tableRef, cols, pk []string, after journal.Row, limit int) (st
 			b.WriteString("(")
 			for j := 0; j < i; j++ {
 				b.WriteString(quoteID(pk[j]) + " = ? AND ")
-				args = append(args, argOf(after[j].Value))
+				args = append(args, after[j].Value.SQLArg())
 			}
 			b.WriteString(quoteID(pk[i]) + " > ?)")
-			args = append(args, argOf(after[i].Value))
+			args = append(args, after[i].Value.SQLArg())
 		}
 	}
 	b.WriteString(" ORDER BY ")
@@ -628,26 +628,6 @@ func chunkQuery(t tableRef, cols, pk []string, after journal.Row, limit int) (st
 	b.WriteString(" LIMIT ?")
 	args = append(args, limit)
 	return b.String(), args
-}
-
-// argOf is a key value as a statement argument.
-func argOf(v journal.Value) any {
-	switch v.Kind {
-	case journal.KindNull:
-		return nil
-	case journal.KindInt:
-		return v.Int
-	case journal.KindUint, journal.KindBool:
-		return v.Uint
-	case journal.KindFloat32:
-		return float32(v.Float)
-	case journal.KindFloat64:
-		return v.Float
-	case journal.KindBytes:
-		return v.Bytes
-	default:
-		return v.Str
-	}
 }
 
 // snapValue converts a value of a binary-protocol result (the session in utf8mb4 and UTC) into

@@ -176,15 +176,7 @@ func TestSnapshotThenStream(t *testing.T) {
 	env.exec("INSERT INTO " + env.db + ".t VALUES (1, 'new', 1)")
 	env.exec("UPDATE " + env.db + ".t SET n = n + 1 WHERE id <= 100")
 	env.exec("DELETE FROM " + env.db + ".t WHERE id > 4000")
-	env.sentinel(1)
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	es := env.entries()
-	got, reads := replay(t, es, "t")
-	if want := env.tableRows("t"); !mapsEqual(got, want) {
-		t.Fatalf("journal replayed: %d rows; table: %d rows", len(got), len(want))
-	}
+	es, reads := env.stopAndReplay(stop, "t")
 	if len(reads) != 2500 {
 		t.Errorf("%d rows read by the snapshot, want 2500", len(reads))
 	}
@@ -208,6 +200,23 @@ func TestSnapshotThenStream(t *testing.T) {
 	if p := env.cap.SnapshotProgress(); p.Done != 2 { // t and sentinel (created in the stream)
 		t.Errorf("progress %+v", p)
 	}
+}
+
+// stopAndReplay journals a sentinel (everything committed before it is then journaled), stops
+// the capture, replays the stream's entries of table strictly (replay) and checks the result
+// against the table. It returns the entries and how often each key was read by the snapshot.
+func (env *captureEnv) stopAndReplay(stop func() error, table string) ([]journal.Entry, map[int64]int) {
+	env.t.Helper()
+	env.sentinel(1)
+	if err := stop(); err != nil {
+		env.t.Fatal(err)
+	}
+	es := env.entries()
+	got, reads := replay(env.t, es, table)
+	if want := env.tableRows(table); !mapsEqual(got, want) {
+		env.t.Fatalf("journal replayed: %d rows; table: %d rows", len(got), len(want))
+	}
+	return es, reads
 }
 
 func mapsEqual(a, b map[int64]snapRow) bool {
@@ -283,15 +292,7 @@ func TestSnapshotHandoffUnderConcurrentWrites(t *testing.T) {
 	if err := <-wdone; err != nil {
 		t.Fatal(err)
 	}
-	env.sentinel(1)
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	es := env.entries()
-	got, reads := replay(t, es, "t")
-	if want := env.tableRows("t"); !mapsEqual(got, want) {
-		t.Fatalf("journal replayed: %d rows; table: %d rows", len(got), len(want))
-	}
+	es, reads := env.stopAndReplay(stop, "t")
 	changes := 0
 	for _, e := range es {
 		if e.Table == "t" && (e.Op == journal.OpInsert || e.Op == journal.OpUpdate || e.Op == journal.OpDelete) {
@@ -358,14 +359,7 @@ func TestSnapshotResumesAfterStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop = env.start(epoch + 1)
-	env.sentinel(1)
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	got, reads := replay(t, env.entries(), "t")
-	if want := env.tableRows("t"); !mapsEqual(got, want) {
-		t.Fatalf("journal replayed: %d rows; table: %d rows", len(got), len(want))
-	}
+	_, reads := env.stopAndReplay(stop, "t")
 	for id, n := range reads {
 		if n != 1 {
 			t.Fatalf("key %d read %d times", id, n)

@@ -318,3 +318,31 @@ func BenchmarkEncode(b *testing.B) {
 		buf = AppendEncoded(buf[:0], &e)
 	}
 }
+
+// SQLArg binds each kind as what stores exactly that value; empty bytes are not NULL.
+func TestSQLArg(t *testing.T) {
+	for _, c := range []struct {
+		v    Value
+		want any
+	}{
+		{Null(), nil},
+		{Int(-5), int64(-5)},
+		{Uint(18446744073709551615), uint64(18446744073709551615)},
+		{Bool(true), uint64(1)},
+		{Value{Kind: KindFloat32, Float: 1.5}, float32(1.5)},
+		{Float64(-2.5), -2.5},
+		{Decimal("0.10"), "0.10"},
+		{String("ünï"), "ünï"},
+		{Value{Kind: KindTemporal, Str: "2024-02-29"}, "2024-02-29"},
+	} {
+		if got := c.v.SQLArg(); got != c.want {
+			t.Errorf("%+v: %#v, want %#v", c.v, got, c.want)
+		}
+	}
+	if b, ok := Bytes(nil).SQLArg().([]byte); !ok || b == nil || len(b) != 0 {
+		t.Errorf("empty bytes: %#v, want []byte{}", Bytes(nil).SQLArg())
+	}
+	if b, ok := Bytes([]byte{0, 1}).SQLArg().([]byte); !ok || len(b) != 2 {
+		t.Errorf("bytes: %#v", Bytes([]byte{0, 1}).SQLArg())
+	}
+}

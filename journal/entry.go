@@ -140,6 +140,33 @@ func Bool(v bool) Value {
 	return Value{Kind: KindBool}
 }
 
+// SQLArg is v as the bound argument of a MariaDB statement that stores exactly that value:
+// integers with their signedness, floats with their width, decimals, temporal values, JSON and
+// text as the server's own text (converted by the server, without a float in between), bytes as
+// bytes (empty, not NULL, when there are none), NULL as nil. The applier writes rows with it and
+// the binlog snapshot binds primary keys with it.
+func (v Value) SQLArg() any {
+	switch v.Kind {
+	case KindNull:
+		return nil
+	case KindInt:
+		return v.Int
+	case KindUint, KindBool:
+		return v.Uint
+	case KindFloat32:
+		return float32(v.Float)
+	case KindFloat64:
+		return v.Float
+	case KindBytes:
+		if v.Bytes == nil {
+			return []byte{}
+		}
+		return v.Bytes
+	default: // decimal, string, temporal, json
+		return v.Str
+	}
+}
+
 // Equal reports whether two values are the same kind and value (NaN equals NaN bit for bit).
 func (v Value) Equal(o Value) bool {
 	if v.Kind != o.Kind {
