@@ -120,10 +120,6 @@ func (a *Applier) Notify(stream string, _ uint64) {
 	}
 }
 
-// snapshotStateTx is the transaction id of the binlog capture's snapshot state marks
-// (binlog.stateMark): their Table names the table in progress, empty when none is.
-const snapshotStateTx = "snapshot-state"
-
 // snapshotState records a local stream's snapshot state mark; when the last table is done, the
 // other streams are woken.
 func (a *Applier) snapshotState(stream string, e *journal.Entry) {
@@ -439,7 +435,7 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 			if ctx.Err() != nil {
 				return progressed, nil
 			}
-			if w.local && e.Op == journal.OpMark && e.Tx.ID == snapshotStateTx {
+			if w.local && e.Op == journal.OpMark && e.Tx.ID == journal.SnapshotStateTx {
 				w.a.snapshotState(w.stream, e)
 			}
 			if e.Op == journal.OpRead {

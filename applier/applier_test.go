@@ -499,7 +499,7 @@ func TestWaitsForTheTargetsSnapshot(t *testing.T) {
 	clock := journal.NewClock(time.Now, 0)
 	mark := func(seq uint64, table string) {
 		e := journal.Entry{Seq: seq, HLC: clock.Now(), Origin: "b", Op: journal.OpMark, Statement: "snapshot",
-			Tx: journal.Tx{ID: snapshotStateTx, Count: 1, Last: true}, Database: db, Table: table}
+			Tx: journal.Tx{ID: journal.SnapshotStateTx, Count: 1, Last: true}, Database: db, Table: table}
 		if table == "" {
 			e.Database = ""
 		}

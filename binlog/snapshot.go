@@ -235,7 +235,7 @@ func (s *snapshotter) stateMark() journal.Entry {
 	}
 	sort.Strings(names)
 	e := journal.Entry{Op: journal.OpMark, Statement: stateStatement, Origin: s.w.c.cfg.Site,
-		Tx: journal.Tx{ID: "snapshot-state", Count: 1, Last: true}}
+		Tx: journal.Tx{ID: journal.SnapshotStateTx, Count: 1, Last: true}}
 	e.Source.Position = s.w.position
 	for _, n := range names {
 		e.Columns = append(e.Columns, journal.Column{Name: n, Type: "done"})

@@ -21,6 +21,11 @@ const (
 	opMax     Op = 7
 )
 
+// SnapshotStateTx is the Tx.ID of a binlog capture's snapshot state marks (OpMark): their Table
+// names the table an initial snapshot is reading, empty when none is. Appliers read them on the
+// target's own capture stream.
+const SnapshotStateTx = "snapshot-state"
+
 var opNames = [...]string{"invalid", "insert", "update", "delete", "ddl", "put", "mark", "read"}
 
 func (o Op) String() string {
