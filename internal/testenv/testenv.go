@@ -73,11 +73,20 @@ func UniqueName(prefix string) string {
 // test with what. It is the only way tests wait: never a bare sleep.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !Poll(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+}
+
+// Poll reports whether cond held within timeout, checking it every 20ms. Unlike WaitFor it may
+// run outside the test's goroutine (where t.Fatal must not be called).
+func Poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }

@@ -36,6 +36,10 @@ type hints struct {
 		nextDue int64
 		// busy[shard]: this daemon's claims and conditional writes in flight on the shard.
 		busy []int
+		// claiming[shard]: the priority level of this daemon's claim in flight on the shard,
+		// -1 if none; claims counts them.
+		claiming []int
+		claims   int
 		// waiters[shard]: claims of this daemon waiting for the shard's claim or write in
 		// flight (see wait).
 		waiters [][]*waiter
@@ -58,6 +62,10 @@ func (s *Service) hintsOf(d Def) *hints {
 		h.mu.gens = make([]uint64, d.Shards*d.Priorities)
 		h.mu.floors = make([]int64, d.Shards*d.Priorities)
 		h.mu.busy = make([]int, d.Shards)
+		h.mu.claiming = make([]int, d.Shards)
+		for i := range h.mu.claiming {
+			h.mu.claiming[i] = -1
+		}
 		h.mu.waiters = make([][]*waiter, d.Shards)
 		h.turns = make([]chan struct{}, d.Shards)
 		for i := range h.turns {
@@ -191,27 +199,85 @@ func (h *hints) raiseFloor(shard, p int, f int64) {
 	}
 }
 
-// reserve marks a shard busy, unless it is busy already and shared is false.
-func (h *hints) reserve(shard int, shared bool) bool {
+// reserve marks a shard busy with a conditional write (not a claim): this daemon's claims
+// prefer other shards meanwhile.
+func (h *hints) reserve(shard int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.mu.busy[shard] > 0 && !shared {
-		return false
-	}
 	h.mu.busy[shard]++
-	return true
 }
 
-// unreserve ends a reservation. The shard's waiters look again: their shard is free, or its
-// candidates are gone.
+// reservation is what reserveClaim did.
+type reservation int
+
+const (
+	reserved  reservation = iota // the shard is the claim's
+	shardBusy                    // a claim or conditional write of this daemon is in flight there
+	joinOne                      // maxClaims claims are in flight: wait for one at this level
+)
+
+// reserveClaim reserves a free shard for a claim at priority level p, unless max claims are in
+// flight in this daemon already and one of them is at level p (then the claim should wait for
+// it: see wait). max 0: no bound.
+func (h *hints) reserveClaim(shard, p, max int) reservation {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if max > 0 && h.mu.claims >= max && slices.Contains(h.mu.claiming, p) {
+		return joinOne
+	}
+	if h.mu.busy[shard] > 0 {
+		return shardBusy
+	}
+	h.mu.busy[shard]++
+	h.mu.claiming[shard] = p
+	h.mu.claims++
+	return reserved
+}
+
+// claimAt returns the shard of a claim in flight at level p with the fewest waiters, or -1.
+func (h *hints) claimAt(p int) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	best := -1
+	for shard, lp := range h.mu.claiming {
+		if lp == p && (best < 0 || len(h.mu.waiters[shard]) < len(h.mu.waiters[best])) {
+			best = shard
+		}
+	}
+	return best
+}
+
+// unreserveClaim ends a claim's reservation (see unreserve).
+func (h *hints) unreserveClaim(shard int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.mu.claiming[shard] = -1
+	h.mu.claims--
+	h.endLocked(shard)
+}
+
+// unreserve ends a conditional write's reservation (see reserve).
 func (h *hints) unreserve(shard int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.endLocked(shard)
+}
+
+// endLocked ends a reservation. When the shard is free and claims wait for it, the oldest
+// becomes the shard's next claim (it leads) and claims for the others as far as it has
+// candidates: the claims that arrived while a round was in flight go together in the next
+// (group commit).
+func (h *hints) endLocked(shard int) {
 	h.mu.busy[shard]--
-	for _, w := range h.mu.waiters[shard] {
-		w.res <- nil
+	if h.mu.busy[shard] > 0 || len(h.mu.waiters[shard]) == 0 {
+		return
 	}
-	h.mu.waiters[shard] = nil
+	w := h.mu.waiters[shard][0]
+	h.mu.waiters[shard] = slices.Delete(h.mu.waiters[shard], 0, 1)
+	h.mu.busy[shard]++
+	h.mu.claiming[shard] = w.p
+	h.mu.claims++
+	w.res <- answer{lead: true}
 }
 
 // waiter is a claim waiting for another claim of this daemon on a shard, which may claim a job
@@ -219,28 +285,39 @@ func (h *hints) unreserve(shard int) {
 type waiter struct {
 	worker string
 	lease  time.Duration
-	// res (buffered) gets exactly one answer: a job claimed for this waiter, or nil: look again.
-	res chan *Job
+	p      int // the priority level it claims at
+	// res (buffered) gets exactly one answer.
+	res chan answer
 }
 
-func newWaiter(worker string, lease time.Duration) *waiter {
-	return &waiter{worker: worker, lease: lease, res: make(chan *Job, 1)}
+// answer is what a waiting claim is told: a job claimed for it; or that it has the shard and
+// claims there (lead); or neither: look again.
+type answer struct {
+	job  *Job
+	lead bool
 }
 
-// wait reserves the shard if it is free (true); else it adds w to the shard's waiters (false).
+func newWaiter(worker string, lease time.Duration, p int) *waiter {
+	return &waiter{worker: worker, lease: lease, p: p, res: make(chan answer, 1)}
+}
+
+// wait reserves the shard for a claim at level p if it is free (true); else it adds w to the
+// shard's waiters (false).
 func (h *hints) wait(shard int, w *waiter) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.mu.busy[shard] == 0 {
 		h.mu.busy[shard]++
+		h.mu.claiming[shard] = w.p
+		h.mu.claims++
 		return true
 	}
 	h.mu.waiters[shard] = append(h.mu.waiters[shard], w)
 	return false
 }
 
-// leave removes w from the shard's waiters; false if a claim took it already (its answer is
-// coming).
+// leave removes w from the shard's waiters; false if it was answered already (the answer is in
+// w.res).
 func (h *hints) leave(shard int, w *waiter) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -252,14 +329,18 @@ func (h *hints) leave(shard int, w *waiter) bool {
 	return false
 }
 
-// takeWaiters removes and returns up to n of the shard's waiters, oldest first.
-func (h *hints) takeWaiters(shard, n int) []*waiter {
+// takeWaiters removes and returns up to n of the shard's waiters at level p, oldest first.
+func (h *hints) takeWaiters(shard, p, n int) []*waiter {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ws := h.mu.waiters[shard]
-	n = min(n, len(ws))
-	taken := slices.Clone(ws[:n])
-	h.mu.waiters[shard] = slices.Delete(ws, 0, n)
+	var taken []*waiter
+	h.mu.waiters[shard] = slices.DeleteFunc(h.mu.waiters[shard], func(w *waiter) bool {
+		if len(taken) < n && w.p == p {
+			taken = append(taken, w)
+			return true
+		}
+		return false
+	})
 	return taken
 }
 

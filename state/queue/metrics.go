@@ -12,6 +12,7 @@ type metrics struct {
 	ops     *prometheus.CounterVec
 	latency prometheus.Histogram
 	lost    prometheus.Counter
+	batch   prometheus.Histogram
 	expired prometheus.Counter
 	dead    prometheus.Counter
 }
@@ -31,6 +32,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "music_queue_claim_races_lost_total",
 			Help: "Claims of a candidate job that another worker claimed first (the claim tried the next candidate).",
 		}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "music_queue_claims_per_write",
+			Help:    "Jobs claimed by one conditional write (a claim and the claims of this daemon that waited for it).",
+			Buckets: []float64{1, 2, 3, 4, 6, 8, 12, 16, 32},
+		}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "music_queue_leases_expired_total",
 			Help: "Claimed jobs whose lease ran out and that the reaper returned to the queue or dead-lettered.",
@@ -41,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.ops, m.latency, m.lost, m.expired, m.dead} {
+		for _, c := range []prometheus.Collector{m.ops, m.latency, m.lost, m.batch, m.expired, m.dead} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

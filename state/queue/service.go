@@ -24,7 +24,7 @@ import (
 type Config struct {
 	// Candidates is how many ready jobs of a shard one read returns; a claim tries them in a
 	// random order, so that workers reading the same shard at once rarely race for one job.
-	// Default 8.
+	// Default 32.
 	Candidates int `yaml:"candidates" help:"ready jobs one read of a shard returns (a claim tries them in random order)"`
 	// ReapInterval is how often the reaper (one per deployment, elected) looks for leases that
 	// ran out. Default 1s.
@@ -50,6 +50,11 @@ type Config struct {
 	// FloorReset is how often a shard is read from its start regardless: the longest a job
 	// enqueued behind the floor waits when its notice is lost. Default 30s.
 	FloorReset time.Duration `yaml:"floor_reset" help:"how often a claim reads a shard from its start"`
+	// MaxClaims bounds this daemon's claims in flight on one queue (each a Paxos round): a
+	// claim beyond them waits for one in flight at its priority level, which claims a job for
+	// it in the same conditional write. Fewer, bigger rounds claim more jobs per second when
+	// Cassandra is the bottleneck. 0: no bound. Default 4.
+	MaxClaims int `yaml:"max_claims" help:"claims in flight per queue in this daemon; more wait and join them (0: no bound)"`
 	// MaxWait bounds how long one claim may wait for a job. Default 60s.
 	MaxWait time.Duration `yaml:"max_wait" help:"longest wait a claim may ask for"`
 	// OpTimeout bounds the reaper's store calls. Default 10s.
@@ -62,7 +67,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Candidates: 8, ReapInterval: time.Second, ReapGrace: 500 * time.Millisecond, PollInterval: 2 * time.Second,
+	return Config{Candidates: 32, MaxClaims: 4, ReapInterval: time.Second, ReapGrace: 500 * time.Millisecond, PollInterval: 2 * time.Second,
 		DefRecheck: 2 * time.Second, FloorMargin: 100 * time.Millisecond, CandidateTTL: 500 * time.Millisecond, FloorReset: 30 * time.Second, MaxWait: time.Minute, OpTimeout: 10 * time.Second,
 		SerialConsistency: "SERIAL"}
 }
@@ -72,6 +77,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Candidates < 1 || c.Candidates > 100:
 		return fmt.Errorf("candidates: must be 1-100, not %d", c.Candidates)
+	case c.MaxClaims < 0:
+		return fmt.Errorf("max_claims: must not be negative, not %d", c.MaxClaims)
 	case c.ReapInterval <= 0, c.ReapGrace < 0, c.CandidateTTL < 0, c.PollInterval <= 0, c.DefRecheck <= 0, c.FloorMargin < 0,
 		c.FloorReset <= 0, c.MaxWait <= 0, c.OpTimeout <= 0:
 		return errors.New("reap_interval, poll_interval, def_recheck, floor_reset, max_wait, op_timeout: must be positive; reap_grace, floor_margin, candidate_ttl: not negative")
@@ -378,14 +385,22 @@ rounds:
 				if h.isEmpty(shard, p) {
 					continue
 				}
-				if !h.reserve(shard, false) {
+				r := h.reserveClaim(shard, p, s.cfg.MaxClaims)
+				if r == joinOne {
+					if c := h.claimAt(p); c >= 0 {
+						busy = c
+						break
+					}
+					r = h.reserveClaim(shard, p, 0)
+				}
+				if r == shardBusy {
 					if busy < 0 {
 						busy = shard
 					}
 					continue
 				}
 				j, err := s.claimIn(ctx, d, h, shard, p, worker, lease)
-				h.unreserve(shard)
+				h.unreserveClaim(shard)
 				if j != nil || err != nil {
 					return j, err
 				}
@@ -393,18 +408,21 @@ rounds:
 			if busy < 0 {
 				continue // nothing due at this level
 			}
-			w := newWaiter(worker, lease)
-			if h.wait(busy, w) { // free again: claim there
+			w := newWaiter(worker, lease, p)
+			lead := h.wait(busy, w) // free again: claim there
+			if !lead {
+				a, err := s.awaitClaim(ctx, h, busy, w)
+				if a.job != nil || err != nil {
+					return a.job, err
+				}
+				lead = a.lead
+			}
+			if lead {
 				j, err := s.claimIn(ctx, d, h, busy, p, worker, lease)
-				h.unreserve(busy)
+				h.unreserveClaim(busy)
 				if j != nil || err != nil {
 					return j, err
 				}
-				continue rounds
-			}
-			j, err := s.awaitClaim(ctx, h, busy, w)
-			if j != nil || err != nil {
-				return j, err
 			}
 			continue rounds
 		}
@@ -413,24 +431,31 @@ rounds:
 	return nil, nil
 }
 
-// awaitClaim waits for w's answer from the claim in flight on shard.
-func (s *Service) awaitClaim(ctx context.Context, h *hints, shard int, w *waiter) (*Job, error) {
+// awaitClaim waits for w's answer from the claim in flight on shard. When ctx ends first, a
+// lead handed to w meanwhile is passed on.
+func (s *Service) awaitClaim(ctx context.Context, h *hints, shard int, w *waiter) (answer, error) {
 	select {
-	case j := <-w.res:
-		return j, nil
+	case a := <-w.res:
+		return a, nil
 	case <-ctx.Done():
 	}
+	err := fmt.Errorf("%w: claim: %w", state.ErrUnavailable, ctx.Err())
 	if h.leave(shard, w) {
-		return nil, fmt.Errorf("%w: claim: %w", state.ErrUnavailable, ctx.Err())
+		return answer{}, err
 	}
-	// A claim took w: its answer comes within that claim's store calls (each bounded).
+	// w was answered, or a claim took it: then its answer comes within that claim's store calls
+	// (each bounded).
 	t := time.NewTimer(2 * s.cfg.OpTimeout)
 	defer t.Stop()
 	select {
-	case j := <-w.res:
-		return j, nil
+	case a := <-w.res:
+		if a.lead {
+			h.unreserveClaim(shard)
+			return answer{}, err
+		}
+		return a, nil
 	case <-t.C:
-		return nil, fmt.Errorf("%w: claim: %w", state.ErrUnavailable, ctx.Err())
+		return answer{}, err
 	}
 }
 
@@ -440,6 +465,9 @@ func (s *Service) awaitClaim(ctx context.Context, h *hints, shard int, w *waiter
 // other for candidates. Claims waiting for this shard get a candidate each, as far as there are
 // candidates, in the same conditional write.
 func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, worker string, lease time.Duration) (*Job, error) {
+	if h.isEmpty(shard, p) { // read empty since the claim was handed this shard
+		return nil, nil
+	}
 	jobs, until := h.takeCandidates(shard, p, s.now())
 	if len(jobs) == 0 {
 		until = s.now().Add(s.cfg.CandidateTTL)
@@ -461,10 +489,10 @@ func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, wo
 		off := int(s.rand() % uint64(len(jobs)))
 		jobs = append(jobs[off:], jobs[:off]...)
 	}
-	ws := append([]*waiter{newWaiter(worker, lease)}, h.takeWaiters(shard, len(jobs)-1)...)
+	ws := append([]*waiter{newWaiter(worker, lease, p)}, h.takeWaiters(shard, p, len(jobs)-1)...)
 	defer func() {
 		for _, w := range ws[1:] { // those not served look again
-			w.res <- nil
+			w.res <- answer{}
 		}
 	}()
 	for tries := len(jobs); len(jobs) > 0 && tries > 0; tries-- { // each failed try drops a candidate
@@ -478,7 +506,7 @@ func (s *Service) claimIn(ctx context.Context, d Def, h *hints, shard, p int, wo
 			continue // a candidate was gone: the others again
 		}
 		for i, w := range ws[1:k] {
-			w.res <- got[i+1]
+			w.res <- answer{job: got[i+1]}
 		}
 		ws = append(ws[:1], ws[k:]...)
 		h.keepCandidates(shard, p, jobs, until)
@@ -524,6 +552,7 @@ func (s *Service) claimBatch(ctx context.Context, d Def, shard int, cands []Job,
 		}
 		return nil, append(still, rest...), nil
 	}
+	s.m.batch.Observe(float64(len(claims)))
 	for _, j := range claims {
 		s.m.latency.Observe(float64(now.UnixMicro()-max(j.Due, j.Enqueued)) / 1e6)
 	}
@@ -534,7 +563,7 @@ func (s *Service) claimBatch(ctx context.Context, d Def, shard int, cands []Job,
 // here prefer other shards.
 func (s *Service) move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (bool, *Job, error) {
 	h := s.hintsOf(d)
-	h.reserve(shard, true)
+	h.reserve(shard)
 	defer h.unreserve(shard)
 	return s.store.Move(ctx, d, shard, from, c, to...)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -286,14 +287,14 @@ func TestExactlyOnceUnderExpiry(t *testing.T) {
 	})
 }
 
-// gatedStore holds a queue's first read until enough claims wait for its shard, and records
-// the size of every ClaimAll.
+// gatedStore holds a queue's first read (gate) or first ClaimAll (claimGate) until enough
+// claims wait for its shard, and records the size of every ClaimAll.
 type gatedStore struct {
 	Store
-	gate  func()
-	once  sync.Once
-	mu    sync.Mutex
-	sizes []int
+	gate, claimGate func()
+	once, claimOnce sync.Once
+	mu              sync.Mutex
+	sizes           []int
 }
 
 func (g *gatedStore) Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error) {
@@ -302,6 +303,9 @@ func (g *gatedStore) Ready(ctx context.Context, d Def, shard, priority int, from
 }
 
 func (g *gatedStore) ClaimAll(ctx context.Context, d Def, shard int, from []slot, claims []*Job) (bool, []bool, error) {
+	if g.claimGate != nil {
+		g.claimOnce.Do(g.claimGate)
+	}
 	ok, exist, err := g.Store.ClaimAll(ctx, d, shard, from, claims)
 	if ok {
 		g.mu.Lock()
@@ -329,37 +333,17 @@ func TestSharedClaims(t *testing.T) {
 			}
 		}
 		h := s.hintsOf(d)
+		g.claimGate = func() {}
 		g.gate = func() {
-			testenv.WaitFor(t, 10*time.Second, "the other claims to wait for the shard", func() bool {
+			if !testenv.Poll(10*time.Second, func() bool {
 				h.mu.Lock()
 				defer h.mu.Unlock()
 				return len(h.mu.waiters[0]) == claimers-1
-			})
-		}
-		var mu sync.Mutex
-		holder := map[string]string{}
-		claimAll := func(w int) {
-			j, err := s.Claim(ctx, "app", "shared", fmt.Sprintf("w%d", w), time.Minute, 0)
-			if err != nil || j == nil {
-				t.Errorf("claim by w%d: %+v %v", w, j, err)
-				return
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if prev, dup := holder[j.ID]; dup {
-				t.Errorf("job %s claimed by %s and w%d", j.ID, prev, w)
-			}
-			holder[j.ID] = j.Holder
-			if j.Holder != fmt.Sprintf("w%d", w) {
-				t.Errorf("w%d got a job held by %s", w, j.Holder)
+			}) {
+				t.Errorf("the other claims did not wait for the shard")
 			}
 		}
-		var wg sync.WaitGroup
-		for w := range claimers {
-			wg.Add(1)
-			go func() { defer wg.Done(); claimAll(w) }()
-		}
-		wg.Wait()
+		holder := claimConcurrently(t, s, "shared", claimers, func(int) {})
 		if t.Failed() {
 			return
 		}
@@ -378,6 +362,65 @@ func TestSharedClaims(t *testing.T) {
 		}
 		if left, err := s.Peek(ctx, "app", "shared", 100); err != nil || len(left) != jobs-claimers {
 			t.Fatalf("ready after the claims: %d %v, want %d", len(left), err, jobs-claimers)
+		}
+	})
+}
+
+// TestGroupCommit: with max_claims claims in flight, the claims that arrive meanwhile wait for
+// one of them, and when it ends the oldest claims for all of them in the next conditional write
+// (one Paxos round for several claims), instead of each starting a round of its own on another
+// shard.
+func TestGroupCommit(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st Store) {
+		ctx := context.Background()
+		g := &gatedStore{Store: st, gate: func() {}}
+		cfg := fastConfig()
+		cfg.MaxClaims = 1
+		s := newService(t, g, cfg)
+		d, err := s.CreateQueue(ctx, Def{Namespace: "app", Name: "group", Shards: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const jobs, claimers = 40, 5
+		for i := range jobs {
+			if _, _, err := s.Enqueue(ctx, "app", "group", NewJob{Payload: []byte(fmt.Sprint(i))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h := s.hintsOf(d)
+		inFlight := make(chan struct{})
+		g.claimGate = func() {
+			close(inFlight)
+			n := 0
+			if !testenv.Poll(10*time.Second, func() bool {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				n = 0
+				for _, ws := range h.mu.waiters {
+					n += len(ws)
+				}
+				return n == claimers-1
+			}) {
+				t.Errorf("%d claims wait for the claim in flight, want %d", n, claimers-1)
+			}
+		}
+		// The first claim alone, then the others while its conditional write is in flight.
+		holder := claimConcurrently(t, s, "group", claimers, func(w int) {
+			if w == 1 {
+				<-inFlight
+			}
+		})
+		g.mu.Lock()
+		sizes := slices.Clone(g.sizes)
+		g.mu.Unlock()
+		if !slices.Equal(sizes, []int{1, claimers - 1}) {
+			t.Fatalf("conditional writes claimed %v jobs, want [1 %d]", sizes, claimers-1)
+		}
+		for id, w := range holder {
+			got, err := locate(ctx, st, d, shardOf(id, d.Shards), id)
+			if err != nil || got == nil || got.Kind != kindClaimed {
+				t.Fatalf("job %s of %s: %+v %v, want claimed", id, w, got, err)
+			}
 		}
 	})
 }
@@ -401,4 +444,37 @@ func TestNoticeDuringEmptyRead(t *testing.T) {
 	if !h.isEmpty(1, 0) || h.floor(1, 0, s.now()) != 100 {
 		t.Fatalf("a read with no notice meanwhile: empty %v floor %d, want true 100", h.isEmpty(1, 0), h.floor(1, 0, s.now()))
 	}
+}
+
+// claimConcurrently runs n claims of queue app.<queue> at once, by workers w0..w<n-1>, and
+// checks that each got a job held by itself and no job went to two; it returns the holder of
+// each job claimed. before(w) runs before worker w starts.
+func claimConcurrently(t *testing.T, s *Service, queue string, n int, before func(w int)) map[string]string {
+	t.Helper()
+	var mu sync.Mutex
+	holder := map[string]string{}
+	var wg sync.WaitGroup
+	for w := range n {
+		before(w)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			j, err := s.Claim(context.Background(), "app", queue, fmt.Sprintf("w%d", w), time.Minute, 0)
+			if err != nil || j == nil {
+				t.Errorf("claim by w%d: %+v %v", w, j, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if prev, dup := holder[j.ID]; dup {
+				t.Errorf("job %s claimed by %s and w%d", j.ID, prev, w)
+			}
+			holder[j.ID] = j.Holder
+			if j.Holder != fmt.Sprintf("w%d", w) {
+				t.Errorf("w%d got a job held by %s", w, j.Holder)
+			}
+		}()
+	}
+	wg.Wait()
+	return holder
 }
