@@ -91,7 +91,7 @@ func (s *Service) UpdateJob(ctx context.Context, namespace, name, id string, ch 
 		if err != nil {
 			return Job{}, err
 		}
-		if cur.slot.Kind == kindClaimed {
+		if cur.claimed() {
 			return Job{}, fmt.Errorf("%w: job %s of %s", ErrClaimed, id, d.Key())
 		}
 		next := cur
@@ -143,7 +143,7 @@ func (s *Service) DeleteJob(ctx context.Context, namespace, name, id string) (_ 
 		if err != nil {
 			return Job{}, err
 		}
-		if cur.slot.Kind == kindClaimed {
+		if cur.claimed() {
 			return Job{}, fmt.Errorf("%w: job %s of %s", ErrClaimed, id, d.Key())
 		}
 		ok, _, err := s.move(ctx, d, cur.Shard, cur.slot, cond{})

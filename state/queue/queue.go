@@ -135,15 +135,16 @@ func shardOf(id string, shards int) int {
 	return int(binary.BigEndian.Uint32(h[:4]) % uint32(shards))
 }
 
-// kind is where a row of a shard stands. A job is in exactly one of ready, claimed and dead at
-// any time: every move between them is one conditional write of one partition.
+// kind is where a row of a shard stands. A job is ready (a ready row with no token), claimed
+// (its ready row, with the claim's token: a claim changes the row in place), or dead, at any
+// time: every change between them is one conditional write of one partition.
 type kind int
 
 const (
-	kindReady   kind = 0
-	kindClaimed kind = 1
-	kindDead    kind = 2
-	kindDedup   kind = 3
+	kindReady kind = 0
+	// Kind 1 held claimed rows before claims changed ready rows in place; it is not written.
+	kindDead  kind = 2
+	kindDedup kind = 3
 	// kindDone remembers a completed job (its token) for the dedup window, so that a complete
 	// retried after a lost answer succeeds again instead of failing.
 	kindDone kind = 4
@@ -152,13 +153,27 @@ const (
 	// same atomic write as every insert and move of the job, so it is always exact: it is how a
 	// job is found by id although ready rows are clustered by priority and due time.
 	kindIndex kind = 5
+	// kindLease is a claim's lease row, clustered by the lease's end (its slot's Due) then the
+	// job's id, with the claim's token and, as payload, the slot of the job's row. The store
+	// writes it with the claim and removes it with every change that ends or renews the claim,
+	// in the same atomic write, so the reaper reads only the leases that ran out.
+	kindLease kind = 6
 )
 
 // expires reports whether rows of k live only for the queue's dedup window.
 func (k kind) expires() bool { return k == kindDedup || k == kindDone }
 
 // isJob reports whether rows of k are jobs (and have an index row).
-func (k kind) isJob() bool { return k == kindReady || k == kindClaimed || k == kindDead }
+func (k kind) isJob() bool { return k == kindReady || k == kindDead }
+
+// claimed reports whether j is claimed: a ready row with a claim's token.
+func (j *Job) claimed() bool { return j.Token != "" }
+
+// leaseRow is the lease row of claimed job j.
+func leaseRow(j *Job) *Job {
+	return &Job{slot: slot{Kind: kindLease, Due: j.LeaseUntil, ID: j.ID}, ID: j.ID, Payload: encodeSlot(j.slot),
+		Token: j.Token, LeaseUntil: j.LeaseUntil}
+}
 
 // indexRow is the index row of the job at s.
 func indexRow(s slot) *Job {

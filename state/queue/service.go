@@ -524,11 +524,10 @@ func (s *Service) claimBatch(ctx context.Context, d Def, shard int, cands []Job,
 	claims := make([]*Job, len(ws))
 	for i, w := range ws {
 		j := cands[i]
-		from[i] = j.slot
-		j.slot = slot{Kind: kindClaimed, ID: j.ID}
+		from[i] = j.slot // claimed in place
 		j.Attempts++
 		j.LeaseUntil = now.Add(w.lease).UnixMicro()
-		j.Holder, j.Token = w.worker, s.newToken(j.LeaseUntil)
+		j.Holder, j.Token = w.worker, s.newToken(j.LeaseUntil, j.slot)
 		claims[i] = &j
 	}
 	ok, exist, err := s.store.ClaimAll(ctx, d, shard, from, claims)
@@ -568,47 +567,55 @@ func (s *Service) move(ctx context.Context, d Def, shard int, from slot, c cond,
 	return s.store.Move(ctx, d, shard, from, c, to...)
 }
 
-// newToken names a claim: its lease's end (microseconds) and 64 random bits, in base 36. The
-// daemon that is asked to complete, release or extend a claim checks the lease's end from the
-// token without a read (Cassandra 2.1's lightweight transactions compare only for equality); the
-// store's condition on the token makes the change exclusive.
-func (s *Service) newToken(leaseUntil int64) string {
-	return strconv.FormatInt(leaseUntil, 36) + "." + strconv.FormatUint(s.rand(), 36)
+// newToken names a claim: its lease's end (microseconds), 64 random bits, and the slot of the
+// job's row (priority and due time), in base 36. The daemon that is asked to complete, release
+// or extend a claim checks the lease's end from the token without a read (Cassandra 2.1's
+// lightweight transactions compare only for equality) and finds the row from it; the store's
+// condition on the token makes the change exclusive.
+func (s *Service) newToken(leaseUntil int64, at slot) string {
+	return strconv.FormatInt(leaseUntil, 36) + "." + strconv.FormatUint(s.rand(), 36) + "." +
+		strconv.Itoa(at.Priority) + "." + strconv.FormatInt(at.Due, 36)
 }
 
-var tokenRE = regexp.MustCompile(`^[0-9a-z]{1,13}\.[0-9a-z]{1,13}$`)
+var tokenRE = regexp.MustCompile(`^[0-9a-z]{1,13}\.[0-9a-z]{1,13}\.[0-9]{1,3}\.[0-9a-z]{1,13}$`)
 
-// leaseOf returns the lease's end a token names.
-func leaseOf(token string) (int64, error) {
+// claimOf returns the lease's end a token names and the slot of job id's row it names.
+func claimOf(id, token string) (int64, slot, error) {
 	if tokenRE.MatchString(token) {
-		if end, err := strconv.ParseInt(token[:strings.IndexByte(token, '.')], 36, 64); err == nil {
-			return end, nil
+		f := strings.Split(token, ".")
+		end, err1 := strconv.ParseInt(f[0], 36, 64)
+		prio, err2 := strconv.Atoi(f[2])
+		due, err3 := strconv.ParseInt(f[3], 36, 64)
+		if err1 == nil && err2 == nil && err3 == nil && prio < 256 {
+			return end, slot{Kind: kindReady, Priority: prio, Due: due, ID: id}, nil
 		}
 	}
-	return 0, fmt.Errorf("%w: %q is not a claim token", state.ErrInvalid, token)
+	return 0, slot{}, fmt.Errorf("%w: %q is not a claim token", state.ErrInvalid, token)
 }
 
-// checkToken checks that a token names a lease that has not ended.
-func (s *Service) checkToken(d Def, id, token string) error {
+// checkToken checks that a token names a lease that has not ended, and returns the slot of the
+// job's row it names and the condition of a change of the claim.
+func (s *Service) checkToken(d Def, id, token string) (slot, cond, error) {
 	if err := ValidateID(id); err != nil {
-		return err
+		return slot{}, cond{}, err
 	}
-	end, err := leaseOf(token)
+	end, at, err := claimOf(id, token)
 	if err != nil {
-		return err
+		return slot{}, cond{}, err
 	}
 	if end <= s.nowMicros() {
-		return fmt.Errorf("%w: job %s of %s", ErrLeaseExpired, id, d.Key())
+		return slot{}, cond{}, fmt.Errorf("%w: job %s of %s", ErrLeaseExpired, id, d.Key())
 	}
-	return nil
+	return at, cond{token: token, leaseUntil: end}, nil
 }
 
 // held reads the claimed row of a job linearizably and checks the caller's token and lease.
 func (s *Service) held(ctx context.Context, d Def, id, token string) (*Job, error) {
-	if err := s.checkToken(d, id, token); err != nil {
+	at, _, err := s.checkToken(d, id, token)
+	if err != nil {
 		return nil, err
 	}
-	j, err := s.store.Get(ctx, d, shardOf(id, d.Shards), slot{Kind: kindClaimed, ID: id})
+	j, err := s.store.Get(ctx, d, shardOf(id, d.Shards), at)
 	if err != nil {
 		return nil, err
 	}
@@ -632,7 +639,8 @@ func (s *Service) Complete(ctx context.Context, namespace, name, id, token strin
 	}
 	shard := shardOf(id, d.Shards)
 	done := &Job{slot: slot{Kind: kindDone, ID: id}, ID: id, Token: token, Died: s.nowMicros()}
-	if err := s.checkToken(d, id, token); err != nil {
+	at, c, err := s.checkToken(d, id, token)
+	if err != nil {
 		if errors.Is(err, ErrLeaseExpired) {
 			if got, gerr := s.store.Get(ctx, d, shard, done.slot); gerr == nil && got != nil && got.Token == token {
 				return nil // completed before, in time; this is a retry
@@ -640,7 +648,7 @@ func (s *Service) Complete(ctx context.Context, namespace, name, id, token strin
 		}
 		return err
 	}
-	ok, _, err := s.move(ctx, d, shard, slot{Kind: kindClaimed, ID: id}, cond{token: token}, done)
+	ok, _, err := s.move(ctx, d, shard, at, c, done)
 	if ok {
 		return nil
 	}
@@ -674,7 +682,7 @@ func (s *Service) Release(ctx context.Context, namespace, name, id, token string
 		return Job{}, err
 	}
 	next := s.afterAttempt(d, *j, delay, errMsg)
-	ok, _, err := s.move(ctx, d, j.Shard, j.slot, cond{token: token}, &next)
+	ok, _, err := s.move(ctx, d, j.Shard, j.slot, cond{token: token, leaseUntil: j.LeaseUntil}, &next)
 	if err != nil {
 		return Job{}, err
 	}
@@ -723,13 +731,14 @@ func (s *Service) Extend(ctx context.Context, namespace, name, id, token string,
 	if lease < 100*time.Millisecond || lease > 24*time.Hour {
 		return Job{}, fmt.Errorf("%w: lease must be 100ms-24h, not %s", state.ErrInvalid, lease)
 	}
-	if err := s.checkToken(d, id, token); err != nil {
+	at, c, err := s.checkToken(d, id, token)
+	if err != nil {
 		return Job{}, err
 	}
 	shard := shardOf(id, d.Shards)
-	next := Job{Shard: shard, slot: slot{Kind: kindClaimed, ID: id}, ID: id, LeaseUntil: s.now().Add(lease).UnixMicro()}
-	next.Token = s.newToken(next.LeaseUntil)
-	ok, _, err := s.move(ctx, d, shard, next.slot, cond{token: token}, &next)
+	next := Job{Shard: shard, slot: at, ID: id, LeaseUntil: s.now().Add(lease).UnixMicro()}
+	next.Token = s.newToken(next.LeaseUntil, at)
+	ok, _, err := s.move(ctx, d, shard, next.slot, c, &next)
 	if err != nil {
 		// Unknown outcome: a linearizable read settles it.
 		got, gerr := s.store.Get(ctx, d, shard, next.slot)
@@ -889,32 +898,34 @@ func (s *Service) ReapOnce(ctx context.Context) error {
 }
 
 func (s *Service) reapShard(ctx context.Context, d Def, shard int) error {
-	after := ""
-	for {
-		jobs, err := s.store.Rows(ctx, d, shard, kindClaimed, after, 1000)
+	leases, err := s.store.Leases(ctx, d, shard, s.nowMicros()-s.cfg.ReapGrace.Microseconds(), maxReap)
+	if err != nil {
+		return err
+	}
+	for _, l := range leases {
+		j, err := s.store.Get(ctx, d, shard, l.slot)
 		if err != nil {
 			return err
 		}
-		for _, j := range jobs {
-			if j.LeaseUntil+s.cfg.ReapGrace.Microseconds() >= s.nowMicros() {
-				continue
-			}
-			next := s.afterAttempt(d, j, 0, "lease expired (held by "+j.Holder+")")
-			ok, _, err := s.move(ctx, d, shard, j.slot, cond{token: j.Token}, &next)
-			if err != nil {
-				return err
-			}
-			if ok {
-				s.m.expired.Inc()
-				s.log.Debug("lease expired", "queue", d.Key(), "job", j.ID, "holder", j.Holder, "attempts", j.Attempts)
-				if next.slot.Kind == kindReady {
-					s.announce(d, shard, next.Priority, next.Due)
-				}
+		if j == nil || j.Token != l.Token {
+			continue // changed since the read of the leases
+		}
+		next := s.afterAttempt(d, *j, 0, "lease expired (held by "+j.Holder+")")
+		ok, _, err := s.move(ctx, d, shard, j.slot, cond{token: j.Token, leaseUntil: j.LeaseUntil}, &next)
+		if err != nil {
+			return err
+		}
+		if ok {
+			s.m.expired.Inc()
+			s.log.Debug("lease expired", "queue", d.Key(), "job", j.ID, "holder", j.Holder, "attempts", j.Attempts)
+			if next.slot.Kind == kindReady {
+				s.announce(d, shard, next.Priority, next.Due)
 			}
 		}
-		if len(jobs) < 1000 {
-			return nil
-		}
-		after = jobs[len(jobs)-1].ID
 	}
+	return nil
 }
+
+// maxReap bounds the expired leases of a shard the reaper returns in one pass (the rest in the
+// next).
+const maxReap = 1000

@@ -164,7 +164,7 @@ func TestServiceLifecycle(t *testing.T) {
 
 func strconvToken(end time.Time) string {
 	s := &Service{rand: func() uint64 { return 12345 }}
-	return s.newToken(end.UnixMicro())
+	return s.newToken(end.UnixMicro(), slot{Priority: 0, Due: 1})
 }
 
 // TestDelayAndWake: a delayed job is not claimable before it is due; a waiting claim gets it when
@@ -355,8 +355,8 @@ func TestSharedClaims(t *testing.T) {
 		}
 		// Every job held by its claimer, in the store; the rest still ready.
 		for id, w := range holder {
-			got, err := st.Get(ctx, d, 0, slot{Kind: kindClaimed, ID: id})
-			if err != nil || got == nil || got.Holder != w {
+			got, err := s.jobByID(ctx, d, id)
+			if err != nil || !got.claimed() || got.Holder != w {
 				t.Fatalf("claimed row of %s: %+v %v, want holder %s", id, got, err, w)
 			}
 		}
@@ -417,8 +417,8 @@ func TestGroupCommit(t *testing.T) {
 			t.Fatalf("conditional writes claimed %v jobs, want [1 %d]", sizes, claimers-1)
 		}
 		for id, w := range holder {
-			got, err := locate(ctx, st, d, shardOf(id, d.Shards), id)
-			if err != nil || got == nil || got.Kind != kindClaimed {
+			got, err := s.jobByID(ctx, d, id)
+			if err != nil || !got.claimed() || got.Holder != w {
 				t.Fatalf("job %s of %s: %+v %v, want claimed", id, w, got, err)
 			}
 		}

@@ -30,15 +30,20 @@ type Store interface {
 	// with it lives (ready, claimed or dead); insertUnique changes nothing (dup = true) if a job
 	// with the id lives, and records nothing. The last two are one conditional write.
 	Insert(ctx context.Context, d Def, j Job, mode insertMode) (dup bool, err error)
-	// Ready returns at most limit ready jobs of one shard and priority whose due time is within
-	// [from, to], earliest first. It is a bounded read of the front of the partition.
+	// Ready returns at most limit ready jobs that are not claimed, of one shard and priority,
+	// whose due time is within [from, to], earliest first. It reads the front of the partition
+	// from from, past the claimed jobs there (as many as are held at once).
 	Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error)
-	// Rows returns at most limit rows of one kind (claimed, dead, index) of a shard, by id, after
-	// the id after ("" to start).
+	// Rows returns at most limit rows of one kind (dead, index) of a shard, by id, after the id
+	// after ("" to start).
 	Rows(ctx context.Context, d Def, shard int, k kind, after string, limit int) ([]Job, error)
-	// Scan returns at most limit jobs of a shard, in the partition's order: ready jobs (by
-	// priority, highest first, then due time), then claimed jobs and dead letters (by id). It is
-	// one bounded read.
+	// Leases returns at most limit claims of a shard whose lease ended before before, earliest
+	// first: each with the slot of the job's row, its ID, Token and LeaseUntil (not the job's
+	// other fields). It is a bounded read of the shard's lease rows (see kindLease).
+	Leases(ctx context.Context, d Def, shard int, before int64, limit int) ([]Job, error)
+	// Scan returns at most limit jobs of a shard, in the partition's order: ready and claimed
+	// jobs (by priority, highest first, then due time), then dead letters (by id). It is one
+	// bounded read.
 	Scan(ctx context.Context, d Def, shard, limit int) ([]Job, error)
 	// Get reads one row linearizably (a Paxos read in Cassandra): nil if there is none. It is how
 	// a caller learns the outcome of a Move that failed with an unknown outcome.
@@ -46,16 +51,16 @@ type Store interface {
 	// Move replaces the row at from (a job's slot in shard) by the rows of to, if the row at from
 	// exists and satisfies c; atomically. A nil element of to is skipped; a row of to at from's
 	// slot updates the row in place: its claim (Token and LeaseUntil), and, when its Payload is
-	// not nil, its Payload and Priority (an in-place change of a claimed row needs c.token). In
-	// the same atomic write, Move keeps the job's index row
-	// exact: it points at the row of to that is the job (ready, claimed or dead, with from's id),
-	// or is removed when there is none (completed, deleted). When the condition fails it returns
-	// ok = false and, when the row exists, its token (nil when there is none).
+	// not nil, its Payload and Priority. In the same atomic write, Move keeps the job's index
+	// row exact: it points at the row of to that is the job (ready or dead, with from's id), or
+	// is removed when there is none (completed, deleted); and its lease rows: the one of the
+	// claim c.token names goes, and a row of to with a token gets one. When the condition fails
+	// it returns ok = false and, when the row exists, its token (nil when there is none).
 	Move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (ok bool, cur *Job, err error)
-	// ClaimAll moves several ready jobs of one shard to their claimed rows (claims[i], at a
-	// claimed slot with claims[i].ID) in one atomic write, if every one of their ready rows
-	// (from[i]) exists; else it changes nothing, returns ok = false, and reports in exist which
-	// of the ready rows still do. Each job's index row follows it, as in Move.
+	// ClaimAll claims several ready jobs of one shard in place, in one atomic write, if none of
+	// their rows (from[i]) is claimed: each row gets claims[i]'s Token, LeaseUntil, Holder and
+	// Attempts, and a lease row. Else it changes nothing, returns ok = false, and reports in
+	// exist which of the rows still exist unclaimed.
 	ClaimAll(ctx context.Context, d Def, shard int, from []slot, claims []*Job) (ok bool, exist []bool, err error)
 }
 
@@ -103,11 +108,42 @@ func indexAfterMove(from slot, to []*Job) (ix *Job, del bool) {
 
 // cond is the condition of a Move beyond the row's existence.
 type cond struct {
-	// token: the row's claim token must equal it ("": any).
+	// token: the row's claim token must equal it; "": the row must not be claimed.
 	token string
+	// leaseUntil (with token): the end of the claim's lease, which names its lease row.
+	leaseUntil int64
 }
 
 // holds reports whether j satisfies c.
 func (c cond) holds(j *Job) bool {
-	return j != nil && (c.token == "" || j.Token == c.token)
+	return j != nil && j.Token == c.token
+}
+
+// leaseAfterMove is the lease row a Move from a claim with token ends (nil: none, or the same
+// row is written again by to).
+func leaseAfterMove(from slot, c cond, to []*Job) *slot {
+	if c.token == "" {
+		return nil
+	}
+	end := c.leaseUntil
+	s := slot{Kind: kindLease, Due: end, ID: from.ID}
+	for _, j := range to {
+		if j != nil && j.Token != "" && j.LeaseUntil == end && j.ID == from.ID {
+			return nil
+		}
+	}
+	return &s
+}
+
+// claimsOfLeases turns lease rows into the claims they name (see Store.Leases).
+func claimsOfLeases(rows []Job) ([]Job, error) {
+	out := make([]Job, 0, len(rows))
+	for _, l := range rows {
+		at, err := decodeSlot(l.ID, l.Payload)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Job{Shard: l.Shard, slot: at, ID: l.ID, Token: l.Token, LeaseUntil: l.LeaseUntil})
+	}
+	return out, nil
 }

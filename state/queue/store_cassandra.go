@@ -55,9 +55,10 @@ func (c CassandraConfig) withDefaults() CassandraConfig {
 //	queue_defs (namespace, name, definition)              one row per queue, created by LWT
 //	queue_jobs ((queue, shard), kind, sprio, sdue, id)    one partition per shard
 //
-// A shard's partition holds its ready jobs first (kind 0, by priority descending then due
-// time), then claimed jobs, dead letters, dedup ids, completed ids and index rows (kinds 1-5, by
-// id; an index row's payload is the slot of its job's row).
+// A shard's partition holds its ready and claimed jobs first (kind 0, by priority descending
+// then due time; a claim sets the row's token in place), then dead letters, dedup ids, completed
+// ids and index rows (kinds 2-5, by id; an index row's payload is the slot of its job's row),
+// then lease rows (kind 6, by lease end).
 // queue is namespace.name/<creation time>, so a queue dropped and created again never sees the
 // old one's rows.
 type CassandraStore struct {
@@ -264,9 +265,10 @@ func (st *CassandraStore) Insert(ctx context.Context, d Def, j Job, mode insertM
 	return !applied, nil
 }
 
-func scanJobs(it *gocql.Iter, shard int) []Job {
+// scanJobs reads at most max rows (max < 0: all) of it.
+func scanJobs(it *gocql.Iter, shard, max int) []Job {
 	var out []Job
-	for {
+	for len(out) != max {
 		var j Job
 		var k int
 		if !it.Scan(&k, &j.slot.Priority, &j.slot.Due, &j.slot.ID, &j.Payload, &j.Priority, &j.Attempts, &j.Enqueued,
@@ -276,29 +278,57 @@ func scanJobs(it *gocql.Iter, shard int) []Job {
 		j.slot.Kind, j.Shard, j.ID = kind(k), shard, j.slot.ID
 		out = append(out, j)
 	}
+	return out
 }
 
 func (st *CassandraStore) selectJobs(ctx context.Context, cl gocql.Consistency, what string, shard int, stmt string, args ...any) ([]Job, error) {
 	q, cancel := st.query(ctx, cl, `SELECT `+cassJobCols+` FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND `+stmt, args...)
 	defer cancel()
 	it := q.Iter()
-	out := scanJobs(it, shard)
+	out := scanJobs(it, shard, -1)
 	if err := it.Close(); err != nil {
 		return nil, state.CassandraError(ctx, err, what)
 	}
 	return out, nil
 }
 
-// Ready implements Store.
+// Ready implements Store: it pages through the claimed rows in the range (their number is
+// bounded by the jobs held at once), limit rows a page.
 func (st *CassandraStore) Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error) {
-	return st.selectJobs(ctx, st.cfg.Read, "read ready jobs of "+d.Key(), shard,
-		`kind = 0 AND sprio = ? AND sdue >= ? AND sdue <= ? LIMIT ?`, storageKey(d), shard, priority, from, to, limit)
+	q, cancel := st.query(ctx, st.cfg.Read, `SELECT `+cassJobCols+` FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = 0 AND sprio = ? AND sdue >= ? AND sdue <= ?`,
+		storageKey(d), shard, priority, from, to)
+	defer cancel()
+	it := q.PageSize(limit).Iter()
+	var out []Job
+	for len(out) < limit {
+		js := scanJobs(it, shard, 1)
+		if len(js) == 0 {
+			break
+		}
+		if !js[0].claimed() {
+			out = append(out, js[0])
+		}
+	}
+	if err := it.Close(); err != nil {
+		return nil, state.CassandraError(ctx, err, "read ready jobs of "+d.Key())
+	}
+	return out, nil
 }
 
 // Rows implements Store.
 func (st *CassandraStore) Rows(ctx context.Context, d Def, shard int, k kind, after string, limit int) ([]Job, error) {
 	return st.selectJobs(ctx, st.cfg.Read, "read jobs of "+d.Key(), shard,
 		`kind = ? AND sprio = 0 AND sdue = 0 AND id > ? LIMIT ?`, storageKey(d), shard, int(k), after, limit)
+}
+
+// Leases implements Store.
+func (st *CassandraStore) Leases(ctx context.Context, d Def, shard int, before int64, limit int) ([]Job, error) {
+	rows, err := st.selectJobs(ctx, st.cfg.Read, "read the leases of "+d.Key(), shard,
+		`kind = ? AND sprio = 0 AND sdue < ? LIMIT ?`, storageKey(d), shard, int(kindLease), before, limit)
+	if err != nil {
+		return nil, err
+	}
+	return claimsOfLeases(rows)
 }
 
 // Scan implements Store.
@@ -326,11 +356,10 @@ func (st *CassandraStore) ClaimAll(ctx context.Context, d Def, shard int, from [
 	defer cancel()
 	b := st.s.Batch(gocql.UnloggedBatch).WithContext(bctx).Consistency(st.cfg.Write).SerialConsistency(st.cfg.Serial)
 	for i, f := range from {
-		b.Query(`DELETE FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = ? AND sprio = ? AND sdue = ? AND id = ? IF EXISTS`,
-			key, shard, int(f.Kind), f.Priority, f.Due, f.ID)
-		stmt, args := st.insertStmt(d, shard, claims[i], false)
-		b.Query(stmt, args...)
-		stmt, args = st.insertStmt(d, shard, indexRow(claims[i].slot), false)
+		c := claims[i]
+		b.Query(`UPDATE `+st.ks+`.queue_jobs SET claim_token = ?, lease_until = ?, holder = ?, attempts = ? WHERE queue = ? AND shard = ? AND kind = ? AND sprio = ? AND sdue = ? AND id = ? IF claim_token = ?`,
+			c.Token, c.LeaseUntil, c.Holder, c.Attempts, key, shard, int(f.Kind), f.Priority, f.Due, f.ID, "")
+		stmt, args := st.insertStmt(d, shard, leaseRow(&Job{slot: f, ID: f.ID, Token: c.Token, LeaseUntil: c.LeaseUntil}), false)
 		b.Query(stmt, args...)
 	}
 	row := map[string]any{}
@@ -347,12 +376,14 @@ func (st *CassandraStore) ClaimAll(ctx context.Context, d Def, shard int, from [
 		}
 		return true, nil, nil
 	}
-	// Not applied: Cassandra returns the conditioned rows that exist, each with its primary key.
+	// Not applied: Cassandra returns the conditioned rows that exist, each with its primary key
+	// and token.
 	exist := make([]bool, len(from))
 	for iter != nil {
 		if id, ok := row["id"].(string); ok {
+			tok, _ := row["claim_token"].(string)
 			for i, f := range from {
-				if f.ID == id {
+				if f.ID == id && tok == "" {
 					exist[i] = true
 				}
 			}
@@ -370,20 +401,14 @@ func (st *CassandraStore) ClaimAll(ctx context.Context, d Def, shard int, from [
 	return false, exist, nil
 }
 
-// condCQL is the IF clause of c.
-func condCQL(c cond) (string, []any) {
-	if c.token != "" {
-		return ` IF claim_token = ?`, []any{c.token}
-	}
-	return ` IF EXISTS`, nil
-}
-
 // Move implements Store.
 func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot, c cond, to ...*Job) (bool, *Job, error) {
 	key := storageKey(d)
 	where := ` WHERE queue = ? AND shard = ? AND kind = ? AND sprio = ? AND sdue = ? AND id = ?`
 	whereArgs := []any{key, shard, int(from.Kind), from.Priority, from.Due, from.ID}
-	ifc, ifArgs := condCQL(c)
+	// The row's token is always written (empty when not claimed), so this condition also says
+	// that the row exists (Cassandra 2.1.0 has no UPDATE ... IF EXISTS).
+	ifc, ifArgs := ` IF claim_token = ?`, []any{c.token}
 	bctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout)
 	defer cancel()
 	b := st.s.Batch(gocql.UnloggedBatch).WithContext(bctx).Consistency(st.cfg.Write).SerialConsistency(st.cfg.Serial)
@@ -392,9 +417,6 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 		if j != nil && j.slot == from {
 			inPlace = true
 		}
-	}
-	if inPlace && c.token == "" && from.Kind == kindClaimed {
-		return false, nil, fmt.Errorf("queue: an in-place change of claimed job %s needs its token", from.ID)
 	}
 	if !inPlace {
 		b.Query(`DELETE FROM `+st.ks+`.queue_jobs`+where+ifc, append(whereArgs, ifArgs...)...)
@@ -408,20 +430,18 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 			if j.Payload != nil {
 				set, args = set+`, payload = ?, priority = ?`, append(args, j.Payload, j.Priority)
 			}
-			uifc, uifArgs := ifc, ifArgs
-			if c.token == "" {
-				// Cassandra 2.1.0 has no UPDATE ... IF EXISTS: a ready or dead row's token is
-				// always empty, so this condition holds exactly when the row exists.
-				uifc, uifArgs = ` IF claim_token = ?`, []any{""}
-			}
-			args = append(append(args, whereArgs...), uifArgs...)
-			b.Query(`UPDATE `+st.ks+`.queue_jobs SET `+set+where+uifc, args...)
-			continue
+			args = append(append(args, whereArgs...), ifArgs...)
+			b.Query(`UPDATE `+st.ks+`.queue_jobs SET `+set+where+ifc, args...)
+		} else {
+			stmt, args := st.insertStmt(d, shard, j, false)
+			b.Query(stmt, args...)
 		}
-		stmt, args := st.insertStmt(d, shard, j, false)
-		b.Query(stmt, args...)
+		if j.Token != "" && j.slot.Kind.isJob() {
+			stmt, args := st.insertStmt(d, shard, leaseRow(j), false)
+			b.Query(stmt, args...)
+		}
 	}
-	// The index row, in the same conditional batch (no condition of its own).
+	// The index and lease rows, in the same conditional batch (no condition of their own).
 	switch ix, del := indexAfterMove(from, to); {
 	case del:
 		b.Query(`DELETE FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = ? AND sprio = 0 AND sdue = 0 AND id = ?`,
@@ -429,6 +449,10 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 	case ix != nil:
 		stmt, args := st.insertStmt(d, shard, ix, false)
 		b.Query(stmt, args...)
+	}
+	if l := leaseAfterMove(from, c, to); l != nil {
+		b.Query(`DELETE FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = ? AND sprio = 0 AND sdue = ? AND id = ?`,
+			key, shard, int(kindLease), l.Due, l.ID)
 	}
 	prev := map[string]any{}
 	applied, iter, err := b.MapExecCAS(prev)
@@ -443,8 +467,8 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 	}
 	// The condition failed: Cassandra returns the row's conditioned column, or none when the row
 	// does not exist.
-	tok, _ := prev["claim_token"].(string)
-	if c.token == "" || tok == "" {
+	tok, ok := prev["claim_token"].(string)
+	if !ok {
 		return false, nil, nil
 	}
 	return false, &Job{Shard: shard, slot: from, ID: from.ID, Token: tok}, nil

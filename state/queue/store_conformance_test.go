@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -207,50 +208,70 @@ func TestStoreConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			rs := slot{Kind: kindReady, Priority: 2, Due: 7, ID: "j"}
-			claimed := ready
-			claimed.slot = slot{Kind: kindClaimed, ID: "j"}
-			claimed.Token, claimed.LeaseUntil, claimed.Holder, claimed.Attempts = "t42", 1000, "w1", 1
-			ok, cur, err := st.Move(ctx, d, 1, rs, cond{}, &claimed)
-			if err != nil || !ok || cur != nil {
-				t.Fatalf("claim: %v %+v %v", ok, cur, err)
+			claimed := &Job{Shard: 1, slot: rs, ID: "j", Token: "t42", LeaseUntil: 1000, Holder: "w1", Attempts: 1}
+			if ok, exist, err := st.ClaimAll(ctx, d, 1, []slot{rs}, []*Job{claimed}); err != nil || !ok {
+				t.Fatalf("claim: %v %v %v", ok, exist, err)
 			}
-			other := claimed
+			other := *claimed
 			other.Token = "t43"
-			if ok, cur, err := st.Move(ctx, d, 1, rs, cond{}, &other); err != nil || ok || cur != nil {
-				t.Fatalf("second claim: %v %+v %v, want not applied and no row", ok, cur, err)
+			if ok, exist, err := st.ClaimAll(ctx, d, 1, []slot{rs}, []*Job{&other}); err != nil || ok || len(exist) != 1 || exist[0] {
+				t.Fatalf("second claim: %v %v %v, want not applied, exist [false]", ok, exist, err)
 			}
-			got, err := st.Get(ctx, d, 1, claimed.slot)
+			got, err := st.Get(ctx, d, 1, rs)
 			if err != nil || got == nil || got.Token != "t42" || got.Holder != "w1" || got.LeaseUntil != 1000 || got.Attempts != 1 ||
 				string(got.Payload) != "pl" || got.Priority != 2 || got.Due != 7 {
 				t.Fatalf("claimed row: %+v %v", got, err)
 			}
 			if jobs, _ := st.Ready(ctx, d, 1, 2, 0, 100, 10); len(jobs) != 0 {
-				t.Fatalf("the ready row is still there: %+v", jobs)
+				t.Fatalf("a claimed job is read as ready: %+v", jobs)
 			}
-			rows, err := st.Rows(ctx, d, 1, kindClaimed, "", 10)
-			if err != nil || len(rows) != 1 || rows[0].Token != "t42" {
-				t.Fatalf("claimed rows: %+v %v", rows, err)
+			leases := func(before int64) []string {
+				t.Helper()
+				ls, err := st.Leases(ctx, d, 1, before, 10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out []string
+				for _, l := range ls {
+					if l.slot != rs {
+						t.Fatalf("lease of %s names %+v, want %+v", l.ID, l.slot, rs)
+					}
+					out = append(out, fmt.Sprintf("%s/%s/%d", l.ID, l.Token, l.LeaseUntil))
+				}
+				return out
 			}
-			// A wrong token: not applied, with the row's token.
-			ok, cur, err = st.Move(ctx, d, 1, claimed.slot, cond{token: "t7"}, nil)
-			if err != nil || ok || cur == nil || cur.Token != "t42" {
-				t.Fatalf("wrong token: %v %+v %v", ok, cur, err)
+			if got, want := leases(1001), []string{"j/t42/1000"}; !equal(got, want) {
+				t.Fatalf("leases ended before 1001: %v, want %v", got, want)
 			}
-			// Extend in place: a new token and lease, the rest as it was.
-			ext := &Job{slot: claimed.slot, ID: "j", Token: "t44", LeaseUntil: 5000}
-			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t42"}, ext); err != nil || !ok {
+			if got := leases(1000); len(got) != 0 {
+				t.Fatalf("leases ended before 1000: %v, want none", got)
+			}
+			// A wrong token, or none: not applied, with the row's token.
+			for _, c := range []cond{{token: "t7", leaseUntil: 1000}, {}} {
+				ok, cur, err := st.Move(ctx, d, 1, rs, c, nil)
+				if err != nil || ok || cur == nil || cur.Token != "t42" {
+					t.Fatalf("change with token %q: %v %+v %v, want not applied, token t42", c.token, ok, cur, err)
+				}
+			}
+			// Extend in place: a new token and lease, the rest as it was; the lease row follows.
+			ext := &Job{slot: rs, ID: "j", Token: "t44", LeaseUntil: 5000}
+			if ok, _, err := st.Move(ctx, d, 1, rs, cond{token: "t42", leaseUntil: 1000}, ext); err != nil || !ok {
 				t.Fatalf("extend: %v %v", ok, err)
 			}
-			if got, _ := st.Get(ctx, d, 1, claimed.slot); got == nil || got.LeaseUntil != 5000 || got.Token != "t44" ||
+			if got, _ := st.Get(ctx, d, 1, rs); got == nil || got.LeaseUntil != 5000 || got.Token != "t44" ||
 				string(got.Payload) != "pl" || got.Holder != "w1" || got.Attempts != 1 {
 				t.Fatalf("after extend: %+v", got)
 			}
-			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t42"}, nil); err != nil || ok {
+			if got, want := leases(10000), []string{"j/t44/5000"}; !equal(got, want) {
+				t.Fatalf("leases after extend: %v, want %v", got, want)
+			}
+			if ok, _, err := st.Move(ctx, d, 1, rs, cond{token: "t42", leaseUntil: 1000}, nil); err != nil || ok {
 				t.Fatalf("the old token after extend: %v %v, want not applied", ok, err)
 			}
+			claimed = &Job{slot: rs}
 			// Complete: the claimed row goes, a done row (expiring) comes.
 			done := &Job{slot: slot{Kind: kindDone, ID: "j"}, ID: "j", Token: "t44"}
-			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t44"}, done); err != nil || !ok {
+			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t44", leaseUntil: 5000}, done); err != nil || !ok {
 				t.Fatalf("complete: %v %v", ok, err)
 			}
 			if got, _ := st.Get(ctx, d, 1, claimed.slot); got != nil {
@@ -259,7 +280,10 @@ func TestStoreConformance(t *testing.T) {
 			if got, _ := st.Get(ctx, d, 1, done.slot); got == nil || got.Token != "t44" {
 				t.Fatalf("done row: %+v", got)
 			}
-			if ok, cur, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t44"}, nil); err != nil || ok || cur != nil {
+			if got := leases(10000); len(got) != 0 {
+				t.Fatalf("leases after complete: %v, want none", got)
+			}
+			if ok, cur, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t44", leaseUntil: 5000}, nil); err != nil || ok || cur != nil {
 				t.Fatalf("complete again: %v %+v %v, want not applied, no row", ok, cur, err)
 			}
 			testenv.WaitFor(t, 10*time.Second, "the done row to expire", func() bool {
@@ -284,19 +308,19 @@ func TestStoreConformance(t *testing.T) {
 				from = append(from, slot{Kind: kindReady, Priority: 1, Due: j.Due, ID: id})
 			}
 			claim := func(f slot, token string) *Job {
-				return &Job{Shard: 2, slot: slot{Kind: kindClaimed, ID: f.ID}, ID: f.ID, Priority: 1, Due: f.Due, Enqueued: 3,
-					Payload: []byte("p" + f.ID), Attempts: 1, Holder: "w" + token, Token: token, LeaseUntil: 99}
+				return &Job{Shard: 2, slot: f, ID: f.ID, Attempts: 1, Holder: "w" + token, Token: token, LeaseUntil: 99}
 			}
 			ok, exist, err := st.ClaimAll(ctx, d, 2, from[:2], []*Job{claim(from[0], "ta"), claim(from[1], "tb")})
 			if err != nil || !ok || exist != nil {
 				t.Fatalf("claim a and b: %v %v %v", ok, exist, err)
 			}
 			for _, f := range from[:2] {
-				got, err := st.Get(ctx, d, 2, slot{Kind: kindClaimed, ID: f.ID})
-				if err != nil || got == nil || got.Token != "t"+f.ID || got.Holder != "wt"+f.ID || string(got.Payload) != "p"+f.ID || got.Due != f.Due {
+				got, err := st.Get(ctx, d, 2, f)
+				if err != nil || got == nil || got.Token != "t"+f.ID || got.Holder != "wt"+f.ID || string(got.Payload) != "p"+f.ID ||
+					got.Due != f.Due || got.Enqueued != 3 || got.Attempts != 1 || got.LeaseUntil != 99 {
 					t.Fatalf("claimed row of %s: %+v %v", f.ID, got, err)
 				}
-				if s, err := locate(ctx, st, d, 2, f.ID); err != nil || s == nil || *s != (slot{Kind: kindClaimed, ID: f.ID}) {
+				if s, err := locate(ctx, st, d, 2, f.ID); err != nil || s == nil || *s != f {
 					t.Fatalf("index of claimed %s: %+v %v", f.ID, s, err)
 				}
 			}
@@ -305,17 +329,56 @@ func TestStoreConformance(t *testing.T) {
 			if err != nil || ok || len(exist) != 2 || exist[0] || !exist[1] {
 				t.Fatalf("claim b again and c: %v %v %v, want not applied, exist [false true]", ok, exist, err)
 			}
-			if got, _ := st.Get(ctx, d, 2, slot{Kind: kindClaimed, ID: "b"}); got == nil || got.Token != "tb" {
+			if got, _ := st.Get(ctx, d, 2, from[1]); got == nil || got.Token != "tb" {
 				t.Fatalf("b's claim changed: %+v", got)
 			}
 			if jobs, err := st.Ready(ctx, d, 2, 1, 0, 100, 10); err != nil || len(jobs) != 1 || jobs[0].ID != "c" {
 				t.Fatalf("ready rows: %+v %v, want c only", jobs, err)
 			}
-			if got, _ := st.Get(ctx, d, 2, slot{Kind: kindClaimed, ID: "c"}); got != nil {
+			if got, _ := st.Get(ctx, d, 2, from[2]); got == nil || got.claimed() {
 				t.Fatalf("c claimed by a batch that failed: %+v", got)
+			}
+			if ls, err := st.Leases(ctx, d, 2, 100, 10); err != nil || len(ls) != 2 {
+				t.Fatalf("leases: %+v %v, want a's and b's", ls, err)
+			}
+			// A row that is gone is reported as such.
+			if ok, _, err := st.Move(ctx, d, 2, from[2], cond{}); err != nil || !ok {
+				t.Fatalf("delete c: %v %v", ok, err)
+			}
+			if ok, exist, err := st.ClaimAll(ctx, d, 2, from[2:], []*Job{claim(from[2], "tc")}); err != nil || ok || len(exist) != 1 || exist[0] {
+				t.Fatalf("claim of a deleted job: %v %v %v, want not applied, exist [false]", ok, exist, err)
 			}
 			if _, _, err := st.ClaimAll(ctx, d, 2, from[:1], nil); err == nil {
 				t.Fatal("ClaimAll with mismatched lengths: no error")
+			}
+		})
+		t.Run("ready past claims", func(t *testing.T) {
+			d := testDef("pastclaims")
+			if _, err := st.CreateQueue(ctx, d); err != nil {
+				t.Fatal(err)
+			}
+			var from []slot
+			for i := range 7 {
+				j := Job{Shard: 0, ID: fmt.Sprintf("j%d", i), Due: int64(10 + i)}
+				if _, err := st.Insert(ctx, d, j, insertNew); err != nil {
+					t.Fatal(err)
+				}
+				from = append(from, slot{Kind: kindReady, Due: j.Due, ID: j.ID})
+			}
+			var claims []*Job
+			for _, f := range from[:5] {
+				claims = append(claims, &Job{slot: f, ID: f.ID, Token: "t" + f.ID, LeaseUntil: 99})
+			}
+			if ok, _, err := st.ClaimAll(ctx, d, 0, from[:5], claims); err != nil || !ok {
+				t.Fatalf("claim 5: %v %v", ok, err)
+			}
+			// More claimed rows at the front than the limit: the read goes past them.
+			jobs, err := st.Ready(ctx, d, 0, 0, 0, 100, 2)
+			if err != nil || len(jobs) != 2 || jobs[0].ID != "j5" || jobs[1].ID != "j6" {
+				t.Fatalf("ready behind 5 claims, limit 2: %+v %v, want j5 j6", jobs, err)
+			}
+			if jobs, err := st.Ready(ctx, d, 0, 0, 0, 100, 1); err != nil || len(jobs) != 1 || jobs[0].ID != "j5" {
+				t.Fatalf("limit 1: %+v %v, want j5", jobs, err)
 			}
 		})
 		t.Run("index", func(t *testing.T) {
@@ -350,28 +413,31 @@ func TestStoreConformance(t *testing.T) {
 			if jobs, _ := st.Ready(ctx, d, 1, 2, 0, 100, 10); len(jobs) != 0 {
 				t.Fatalf("a duplicate was inserted: %+v", jobs)
 			}
-			// Claim: the index follows the job to its claimed row.
-			claimed := Job{Shard: 1, slot: slot{Kind: kindClaimed, ID: "a"}, ID: "a", Priority: 1, Due: 5, Payload: []byte("pa"), Token: "t1", LeaseUntil: 99, Attempts: 1}
-			if ok, _, err := st.Move(ctx, d, 1, rs, cond{}, &claimed); err != nil || !ok {
+			// Claim in place: the index stays.
+			claimed := Job{Shard: 1, slot: rs, ID: "a", Token: "t1", LeaseUntil: 99, Attempts: 1}
+			if ok, _, err := st.ClaimAll(ctx, d, 1, []slot{rs}, []*Job{&claimed}); err != nil || !ok {
 				t.Fatalf("claim: %v %v", ok, err)
 			}
-			if s := where("a"); s == nil || *s != claimed.slot {
+			if s := where("a"); s == nil || *s != rs {
 				t.Fatalf("index of a claimed job: %+v", s)
 			}
 			// Extend in place: the index stays.
-			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t1"}, &Job{slot: claimed.slot, ID: "a", Token: "t2", LeaseUntil: 200}); err != nil || !ok {
+			if ok, _, err := st.Move(ctx, d, 1, rs, cond{token: "t1", leaseUntil: 99}, &Job{slot: rs, ID: "a", Token: "t2", LeaseUntil: 200}); err != nil || !ok {
 				t.Fatalf("extend: %v %v", ok, err)
 			}
-			if s := where("a"); s == nil || *s != claimed.slot {
+			if s := where("a"); s == nil || *s != rs {
 				t.Fatalf("index after extend: %+v", s)
 			}
-			// Release to another priority.
+			// Release to another priority: the index follows, the lease row goes.
 			back := Job{Shard: 1, slot: slot{Kind: kindReady, Priority: 2, Due: 8, ID: "a"}, ID: "a", Priority: 2, Due: 8, Payload: []byte("pa")}
-			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t2"}, &back); err != nil || !ok {
+			if ok, _, err := st.Move(ctx, d, 1, rs, cond{token: "t2", leaseUntil: 200}, &back); err != nil || !ok {
 				t.Fatalf("release: %v %v", ok, err)
 			}
 			if s := where("a"); s == nil || *s != back.slot {
 				t.Fatalf("index after release: %+v", s)
+			}
+			if ls, err := st.Leases(ctx, d, 1, 1000, 10); err != nil || len(ls) != 0 {
+				t.Fatalf("leases after release: %+v %v, want none", ls, err)
 			}
 			// In place, a Payload replaces payload and priority; the claim fields are as given.
 			upd := &Job{slot: back.slot, ID: "a", Payload: []byte("new"), Priority: 2}
@@ -403,26 +469,26 @@ func TestStoreConformance(t *testing.T) {
 			}
 			// Complete: the done row is not a job; the index goes.
 			r2 := slot{Kind: kindReady, Due: 10, ID: "a"}
-			c2 := Job{Shard: 1, slot: slot{Kind: kindClaimed, ID: "a"}, ID: "a", Token: "t3", LeaseUntil: 99}
-			if ok, _, err := st.Move(ctx, d, 1, r2, cond{}, &c2); err != nil || !ok {
+			c2 := Job{Shard: 1, slot: r2, ID: "a", Token: "t3", LeaseUntil: 99}
+			if ok, _, err := st.ClaimAll(ctx, d, 1, []slot{r2}, []*Job{&c2}); err != nil || !ok {
 				t.Fatalf("claim again: %v %v", ok, err)
 			}
-			if ok, _, err := st.Move(ctx, d, 1, c2.slot, cond{token: "t3"}, &Job{slot: slot{Kind: kindDone, ID: "a"}, ID: "a", Token: "t3"}); err != nil || !ok {
+			if ok, _, err := st.Move(ctx, d, 1, r2, cond{token: "t3", leaseUntil: 99}, &Job{slot: slot{Kind: kindDone, ID: "a"}, ID: "a", Token: "t3"}); err != nil || !ok {
 				t.Fatalf("complete: %v %v", ok, err)
 			}
 			if s := where("a"); s != nil {
 				t.Fatalf("index of a completed job: %+v", s)
 			}
-			// Scan: jobs only (no index, dedup or done rows), ready by priority then due, then
-			// claimed and dead by id; bounded.
+			// Scan: jobs only (no index, dedup, done or lease rows), ready and claimed by
+			// priority then due, then dead by id; bounded.
 			for _, j := range []Job{{ID: "s1", Priority: 0, Due: 1}, {ID: "s2", Priority: 2, Due: 3}, {ID: "s3", Priority: 2, Due: 2}} {
 				j.Shard = 1
 				if _, err := st.Insert(ctx, d, j, insertDedup); err != nil {
 					t.Fatal(err)
 				}
 			}
-			c4 := Job{Shard: 1, slot: slot{Kind: kindClaimed, ID: "s1"}, ID: "s1", Token: "t4", LeaseUntil: 99}
-			if ok, _, err := st.Move(ctx, d, 1, slot{Kind: kindReady, Due: 1, ID: "s1"}, cond{}, &c4); err != nil || !ok {
+			s1 := slot{Kind: kindReady, Due: 1, ID: "s1"}
+			if ok, _, err := st.ClaimAll(ctx, d, 1, []slot{s1}, []*Job{{Shard: 1, slot: s1, ID: "s1", Token: "t4", LeaseUntil: 99}}); err != nil || !ok {
 				t.Fatalf("claim s1: %v %v", ok, err)
 			}
 			all, err := st.Scan(ctx, d, 1, 10)
@@ -431,7 +497,11 @@ func TestStoreConformance(t *testing.T) {
 			}
 			var got []string
 			for _, j := range all {
-				got = append(got, j.ID+"/"+[]string{"ready", "claimed", "dead"}[j.slot.Kind])
+				state := map[kind]string{kindReady: "ready", kindDead: "dead"}[j.slot.Kind]
+				if j.claimed() {
+					state = "claimed"
+				}
+				got = append(got, j.ID+"/"+state)
 			}
 			if want := []string{"s3/ready", "s2/ready", "s1/claimed"}; !equal(got, want) {
 				t.Fatalf("scan: %v, want %v", got, want)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -273,7 +272,18 @@ func (st *EmbeddedStore) Ready(ctx context.Context, d Def, shard, priority int, 
 	lo := slotKey(d, shard, slot{Kind: kindReady, Priority: priority, Due: from})
 	hi := slotKey(d, shard, slot{Kind: kindReady, Priority: priority, Due: to})
 	hi = append(hi, 0xff) // every id at due == to
-	return st.scan(ctx, d, shard, lo, hi, limit, func(*Job) bool { return true })
+	return st.scan(ctx, d, shard, lo, hi, limit, func(j *Job) bool { return !j.claimed() })
+}
+
+// Leases implements Store.
+func (st *EmbeddedStore) Leases(ctx context.Context, d Def, shard int, before int64, limit int) ([]Job, error) {
+	lo := slotKey(d, shard, slot{Kind: kindLease, Due: 0})
+	hi := slotKey(d, shard, slot{Kind: kindLease, Due: before})
+	rows, err := st.scan(ctx, d, shard, lo, hi, limit, func(*Job) bool { return true })
+	if err != nil {
+		return nil, err
+	}
+	return claimsOfLeases(rows)
 }
 
 // Rows implements Store.
@@ -307,28 +317,29 @@ func (st *EmbeddedStore) ClaimAll(ctx context.Context, d Def, shard int, from []
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	exist := make([]bool, len(from))
+	rows := make([]*Job, len(from))
 	all := true
 	for i, f := range from {
-		_, ok, err := st.get(slotKey(d, shard, f))
+		cur, err := st.Get(ctx, d, shard, f)
 		if err != nil {
 			return false, nil, err
 		}
-		exist[i] = ok
-		all = all && ok
+		exist[i] = cur != nil && !cur.claimed()
+		all = all && exist[i]
+		rows[i] = cur
 	}
 	if !all {
 		return false, exist, nil
 	}
 	b := st.db.NewBatch()
 	defer b.Close()
-	for i, f := range from {
-		if err := b.Delete(slotKey(d, shard, f), nil); err != nil {
+	for i, c := range claims {
+		j := rows[i]
+		j.Token, j.LeaseUntil, j.Holder, j.Attempts = c.Token, c.LeaseUntil, c.Holder, c.Attempts
+		if err := st.set(b, d, shard, j); err != nil {
 			return false, nil, err
 		}
-		if err := st.set(b, d, shard, claims[i]); err != nil {
-			return false, nil, err
-		}
-		if err := st.set(b, d, shard, indexRow(claims[i].slot)); err != nil {
+		if err := st.set(b, d, shard, leaseRow(j)); err != nil {
 			return false, nil, err
 		}
 	}
@@ -349,9 +360,6 @@ func (st *EmbeddedStore) Move(ctx context.Context, d Def, shard int, from slot, 
 	if !c.holds(cur) {
 		return false, &Job{Shard: shard, slot: from, ID: from.ID, Token: cur.Token}, nil
 	}
-	if c.token == "" && from.Kind == kindClaimed && slices.ContainsFunc(to, func(j *Job) bool { return j != nil && j.slot == from }) {
-		return false, nil, fmt.Errorf("queue: an in-place change of claimed job %s needs its token", from.ID)
-	}
 	b := st.db.NewBatch()
 	defer b.Close()
 	if err := b.Delete(slotKey(d, shard, from), nil); err != nil {
@@ -370,6 +378,16 @@ func (st *EmbeddedStore) Move(ctx context.Context, d Def, shard int, from slot, 
 			j = &updated
 		}
 		if err := st.set(b, d, shard, j); err != nil {
+			return false, nil, err
+		}
+		if j.Token != "" && j.slot.Kind.isJob() {
+			if err := st.set(b, d, shard, leaseRow(j)); err != nil {
+				return false, nil, err
+			}
+		}
+	}
+	if l := leaseAfterMove(from, c, to); l != nil {
+		if err := b.Delete(slotKey(d, shard, *l), nil); err != nil {
 			return false, nil, err
 		}
 	}
