@@ -234,6 +234,7 @@ func parseLevel(s string, allowed ...string) (gocql.Consistency, error) {
 // Cassandra is an open session to the cluster.
 type Cassandra struct {
 	Session *gocql.Session
+	log     *slog.Logger
 }
 
 // DialCassandra opens a session, retrying with exponential backoff until ctx ends. The driver
@@ -271,7 +272,7 @@ func DialCassandra(ctx context.Context, cfg CassandraConfig, logger *slog.Logger
 	if err := backoff.Retry(op, backoff.WithContext(backoff.NewExponentialBackOff(), ctx)); err != nil {
 		return nil, fmt.Errorf("cassandra %v: %w", cfg.ContactPoints, err)
 	}
-	return &Cassandra{Session: s}, nil
+	return &Cassandra{Session: s, log: logger}, nil
 }
 
 // Check reads the coordinator's release version: one real query.
@@ -283,8 +284,30 @@ func (c *Cassandra) Check(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the session and its connections.
-func (c *Cassandra) Close() { c.Session.Close() }
+// closeWait bounds Close.
+const closeWait = 2 * time.Second
+
+// Close closes the session and its connections, waiting at most closeWait. The driver (v2.1.2)
+// can deadlock in Session.Close while its control connection is reconnecting (Cassandra down or
+// just restarted): Close stops the schema refresher first, and the reconnect then waits forever
+// for a schema refresh while Close waits for the reconnect. Close then gives up, logs it, and
+// leaves the driver's goroutines behind (the process is usually exiting).
+func (c *Cassandra) Close() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Session.Close()
+	}()
+	t := time.NewTimer(closeWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		if c.log != nil {
+			c.log.Warn("closing the Cassandra session did not finish; leaving it (a driver deadlock while reconnecting)", "waited", closeWait)
+		}
+	}
+}
 
 // cqlLogger routes the driver's log lines to slog.
 type cqlLogger struct{ l *slog.Logger }
