@@ -609,20 +609,21 @@ func (s *Service) checkToken(d Def, id, token string) (slot, cond, error) {
 	return at, cond{token: token, leaseUntil: end}, nil
 }
 
-// held reads the claimed row of a job linearizably and checks the caller's token and lease.
-func (s *Service) held(ctx context.Context, d Def, id, token string) (*Job, error) {
-	at, _, err := s.checkToken(d, id, token)
+// held reads the claimed row of a job linearizably and checks the caller's token and lease; it
+// returns the row and the condition of a change of the claim.
+func (s *Service) held(ctx context.Context, d Def, id, token string) (*Job, cond, error) {
+	at, c, err := s.checkToken(d, id, token)
 	if err != nil {
-		return nil, err
+		return nil, cond{}, err
 	}
 	j, err := s.store.Get(ctx, d, shardOf(id, d.Shards), at)
 	if err != nil {
-		return nil, err
+		return nil, cond{}, err
 	}
 	if j == nil || j.Token != token {
-		return nil, notClaimant(d, id)
+		return nil, cond{}, notClaimant(d, id)
 	}
-	return j, nil
+	return j, c, nil
 }
 
 func notClaimant(d Def, id string) error {
@@ -677,12 +678,12 @@ func (s *Service) Release(ctx context.Context, namespace, name, id, token string
 	if len(errMsg) > 4096 {
 		return Job{}, fmt.Errorf("%w: error message over 4096 bytes", state.ErrInvalid)
 	}
-	j, err := s.held(ctx, d, id, token)
+	j, c, err := s.held(ctx, d, id, token)
 	if err != nil {
 		return Job{}, err
 	}
 	next := s.afterAttempt(d, *j, delay, errMsg)
-	ok, _, err := s.move(ctx, d, j.Shard, j.slot, cond{token: token, leaseUntil: j.LeaseUntil}, &next)
+	ok, _, err := s.move(ctx, d, j.Shard, j.slot, c, &next)
 	if err != nil {
 		return Job{}, err
 	}

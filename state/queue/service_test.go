@@ -327,22 +327,9 @@ func TestSharedClaims(t *testing.T) {
 			t.Fatal(err)
 		}
 		const jobs, claimers = 12, 5
-		for i := range jobs {
-			if _, _, err := s.Enqueue(ctx, "app", "shared", NewJob{Payload: []byte(fmt.Sprint(i))}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		h := s.hintsOf(d)
+		enqueueN(t, s, "shared", jobs)
 		g.claimGate = func() {}
-		g.gate = func() {
-			if !testenv.Poll(10*time.Second, func() bool {
-				h.mu.Lock()
-				defer h.mu.Unlock()
-				return len(h.mu.waiters[0]) == claimers-1
-			}) {
-				t.Errorf("the other claims did not wait for the shard")
-			}
-		}
+		g.gate = untilWaiting(t, s.hintsOf(d), claimers-1)
 		holder := claimConcurrently(t, s, "shared", claimers, func(int) {})
 		if t.Failed() {
 			return
@@ -382,27 +369,12 @@ func TestGroupCommit(t *testing.T) {
 			t.Fatal(err)
 		}
 		const jobs, claimers = 40, 5
-		for i := range jobs {
-			if _, _, err := s.Enqueue(ctx, "app", "group", NewJob{Payload: []byte(fmt.Sprint(i))}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		h := s.hintsOf(d)
+		enqueueN(t, s, "group", jobs)
 		inFlight := make(chan struct{})
+		waiting := untilWaiting(t, s.hintsOf(d), claimers-1)
 		g.claimGate = func() {
 			close(inFlight)
-			n := 0
-			if !testenv.Poll(10*time.Second, func() bool {
-				h.mu.Lock()
-				defer h.mu.Unlock()
-				n = 0
-				for _, ws := range h.mu.waiters {
-					n += len(ws)
-				}
-				return n == claimers-1
-			}) {
-				t.Errorf("%d claims wait for the claim in flight, want %d", n, claimers-1)
-			}
+			waiting()
 		}
 		// The first claim alone, then the others while its conditional write is in flight.
 		holder := claimConcurrently(t, s, "group", claimers, func(w int) {
@@ -477,4 +449,34 @@ func claimConcurrently(t *testing.T, s *Service, queue string, n int, before fun
 	}
 	wg.Wait()
 	return holder
+}
+
+// enqueueN enqueues n jobs into app.<queue>.
+func enqueueN(t *testing.T, s *Service, queue string, n int) {
+	t.Helper()
+	for i := range n {
+		if _, _, err := s.Enqueue(context.Background(), "app", queue, NewJob{Payload: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// untilWaiting returns a store gate that holds its caller until n claims wait for claims in
+// flight (over all shards), or fails the test after 10s. It runs in a claim's goroutine, so it
+// reports with t.Errorf and returns.
+func untilWaiting(t *testing.T, h *hints, n int) func() {
+	return func() {
+		got := 0
+		if !testenv.Poll(10*time.Second, func() bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			got = 0
+			for _, ws := range h.mu.waiters {
+				got += len(ws)
+			}
+			return got == n
+		}) {
+			t.Errorf("%d claims wait for the claims in flight, want %d", got, n)
+		}
+	}
 }

@@ -119,20 +119,25 @@ func (c cond) holds(j *Job) bool {
 	return j != nil && j.Token == c.token
 }
 
-// leaseAfterMove is the lease row a Move from a claim with token ends (nil: none, or the same
-// row is written again by to).
-func leaseAfterMove(from slot, c cond, to []*Job) *slot {
-	if c.token == "" {
-		return nil
-	}
-	end := c.leaseUntil
-	s := slot{Kind: kindLease, Due: end, ID: from.ID}
+// leasesAfterMove is what a Move from from under c does to lease rows: the lease row of the
+// claim c names goes (del; nil when c names none, or when to writes the same row again), and
+// each job of to that is claimed gets one (add).
+func leasesAfterMove(from slot, c cond, to []*Job) (del *slot, add []*Job) {
 	for _, j := range to {
-		if j != nil && j.Token != "" && j.LeaseUntil == end && j.ID == from.ID {
-			return nil
+		if j != nil && j.claimed() && j.slot.Kind.isJob() {
+			add = append(add, leaseRow(j))
 		}
 	}
-	return &s
+	if c.token == "" {
+		return nil, add
+	}
+	s := slot{Kind: kindLease, Due: c.leaseUntil, ID: from.ID}
+	for _, l := range add {
+		if l.slot == s {
+			return nil, add
+		}
+	}
+	return &s, add
 }
 
 // claimsOfLeases turns lease rows into the claims they name (see Store.Leases).

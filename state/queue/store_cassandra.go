@@ -265,8 +265,9 @@ func (st *CassandraStore) Insert(ctx context.Context, d Def, j Job, mode insertM
 	return !applied, nil
 }
 
-// scanJobs reads at most max rows (max < 0: all) of it.
-func scanJobs(it *gocql.Iter, shard, max int) []Job {
+// scanJobs reads the rows of it that keep accepts (nil: all), at most max of them (max < 0: no
+// bound).
+func scanJobs(it *gocql.Iter, shard, max int, keep func(*Job) bool) []Job {
 	var out []Job
 	for len(out) != max {
 		var j Job
@@ -276,7 +277,9 @@ func scanJobs(it *gocql.Iter, shard, max int) []Job {
 			return out
 		}
 		j.slot.Kind, j.Shard, j.ID = kind(k), shard, j.slot.ID
-		out = append(out, j)
+		if keep == nil || keep(&j) {
+			out = append(out, j)
+		}
 	}
 	return out
 }
@@ -285,7 +288,7 @@ func (st *CassandraStore) selectJobs(ctx context.Context, cl gocql.Consistency, 
 	q, cancel := st.query(ctx, cl, `SELECT `+cassJobCols+` FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND `+stmt, args...)
 	defer cancel()
 	it := q.Iter()
-	out := scanJobs(it, shard, -1)
+	out := scanJobs(it, shard, -1, nil)
 	if err := it.Close(); err != nil {
 		return nil, state.CassandraError(ctx, err, what)
 	}
@@ -293,23 +296,14 @@ func (st *CassandraStore) selectJobs(ctx context.Context, cl gocql.Consistency, 
 }
 
 // Ready implements Store: it pages through the claimed rows in the range (their number is
-// bounded by the jobs held at once), limit rows a page.
+// bounded by the jobs held at once), in pages of twice limit, so that the claimed rows within
+// the floor margin rarely need a second page.
 func (st *CassandraStore) Ready(ctx context.Context, d Def, shard, priority int, from, to int64, limit int) ([]Job, error) {
 	q, cancel := st.query(ctx, st.cfg.Read, `SELECT `+cassJobCols+` FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = 0 AND sprio = ? AND sdue >= ? AND sdue <= ?`,
 		storageKey(d), shard, priority, from, to)
 	defer cancel()
-	// Pages of twice the limit: claimed rows within the floor margin rarely need a second page.
 	it := q.PageSize(2 * limit).Iter()
-	var out []Job
-	for len(out) < limit {
-		js := scanJobs(it, shard, 1)
-		if len(js) == 0 {
-			break
-		}
-		if !js[0].claimed() {
-			out = append(out, js[0])
-		}
-	}
+	out := scanJobs(it, shard, limit, func(j *Job) bool { return !j.claimed() })
 	if err := it.Close(); err != nil {
 		return nil, state.CassandraError(ctx, err, "read ready jobs of "+d.Key())
 	}
@@ -437,10 +431,6 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 			stmt, args := st.insertStmt(d, shard, j, false)
 			b.Query(stmt, args...)
 		}
-		if j.Token != "" && j.slot.Kind.isJob() {
-			stmt, args := st.insertStmt(d, shard, leaseRow(j), false)
-			b.Query(stmt, args...)
-		}
 	}
 	// The index and lease rows, in the same conditional batch (no condition of their own).
 	switch ix, del := indexAfterMove(from, to); {
@@ -451,9 +441,14 @@ func (st *CassandraStore) Move(ctx context.Context, d Def, shard int, from slot,
 		stmt, args := st.insertStmt(d, shard, ix, false)
 		b.Query(stmt, args...)
 	}
-	if l := leaseAfterMove(from, c, to); l != nil {
+	del, add := leasesAfterMove(from, c, to)
+	if del != nil {
 		b.Query(`DELETE FROM `+st.ks+`.queue_jobs WHERE queue = ? AND shard = ? AND kind = ? AND sprio = 0 AND sdue = ? AND id = ?`,
-			key, shard, int(kindLease), l.Due, l.ID)
+			key, shard, int(kindLease), del.Due, del.ID)
+	}
+	for _, l := range add {
+		stmt, args := st.insertStmt(d, shard, l, false)
+		b.Query(stmt, args...)
 	}
 	prev := map[string]any{}
 	applied, iter, err := b.MapExecCAS(prev)

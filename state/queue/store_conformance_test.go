@@ -268,13 +268,12 @@ func TestStoreConformance(t *testing.T) {
 			if ok, _, err := st.Move(ctx, d, 1, rs, cond{token: "t42", leaseUntil: 1000}, nil); err != nil || ok {
 				t.Fatalf("the old token after extend: %v %v, want not applied", ok, err)
 			}
-			claimed = &Job{slot: rs}
 			// Complete: the claimed row goes, a done row (expiring) comes.
 			done := &Job{slot: slot{Kind: kindDone, ID: "j"}, ID: "j", Token: "t44"}
-			if ok, _, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t44", leaseUntil: 5000}, done); err != nil || !ok {
+			if ok, _, err := st.Move(ctx, d, 1, rs, cond{token: "t44", leaseUntil: 5000}, done); err != nil || !ok {
 				t.Fatalf("complete: %v %v", ok, err)
 			}
-			if got, _ := st.Get(ctx, d, 1, claimed.slot); got != nil {
+			if got, _ := st.Get(ctx, d, 1, rs); got != nil {
 				t.Fatalf("claimed row after complete: %+v", got)
 			}
 			if got, _ := st.Get(ctx, d, 1, done.slot); got == nil || got.Token != "t44" {
@@ -283,7 +282,7 @@ func TestStoreConformance(t *testing.T) {
 			if got := leases(10000); len(got) != 0 {
 				t.Fatalf("leases after complete: %v, want none", got)
 			}
-			if ok, cur, err := st.Move(ctx, d, 1, claimed.slot, cond{token: "t44", leaseUntil: 5000}, nil); err != nil || ok || cur != nil {
+			if ok, cur, err := st.Move(ctx, d, 1, rs, cond{token: "t44", leaseUntil: 5000}, nil); err != nil || ok || cur != nil {
 				t.Fatalf("complete again: %v %+v %v, want not applied, no row", ok, cur, err)
 			}
 			testenv.WaitFor(t, 10*time.Second, "the done row to expire", func() bool {

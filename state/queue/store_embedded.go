@@ -380,14 +380,15 @@ func (st *EmbeddedStore) Move(ctx context.Context, d Def, shard int, from slot, 
 		if err := st.set(b, d, shard, j); err != nil {
 			return false, nil, err
 		}
-		if j.Token != "" && j.slot.Kind.isJob() {
-			if err := st.set(b, d, shard, leaseRow(j)); err != nil {
-				return false, nil, err
-			}
+	}
+	del, add := leasesAfterMove(from, c, to)
+	if del != nil {
+		if err := b.Delete(slotKey(d, shard, *del), nil); err != nil {
+			return false, nil, err
 		}
 	}
-	if l := leaseAfterMove(from, c, to); l != nil {
-		if err := b.Delete(slotKey(d, shard, *l), nil); err != nil {
+	for _, l := range add {
+		if err := st.set(b, d, shard, l); err != nil {
 			return false, nil, err
 		}
 	}
