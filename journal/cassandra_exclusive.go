@@ -95,9 +95,16 @@ func (s *CassandraStore) exclusiveHead(ctx context.Context, stream string, cl go
 
 // exclusiveWrite writes encoded entries from first on, bucket by bucket and in order, each part
 // with its bucket's new head in the same single-partition batch; starting a bucket also moves the
-// hint in journal_streams.
-func (s *CassandraStore) exclusiveWrite(ctx context.Context, stream string, first uint64, encoded [][]byte) error {
+// hint in journal_streams. With stmts, everything (every bucket's part, the hint, the statements)
+// goes in one logged batch instead: Cassandra applies all of it or, should the batch fail, none
+// of it or, once the batch log has it, all of it eventually.
+func (s *CassandraStore) exclusiveWrite(ctx context.Context, stream string, first uint64, encoded [][]byte, stmts []Statement) error {
 	lv := s.levelsOf(stream)
+	var logged *gocql.Batch
+	if len(stmts) > 0 {
+		logged = s.s.Batch(gocql.LoggedBatch).WithContext(ctx).Consistency(lv.write)
+	}
+	last := first + uint64(len(encoded)) - 1
 	for i := 0; i < len(encoded); {
 		seq := first + uint64(i)
 		bucket := seq / s.bucketSize
@@ -105,19 +112,30 @@ func (s *CassandraStore) exclusiveWrite(ctx context.Context, stream string, firs
 		for j < len(encoded) && (first+uint64(j))/s.bucketSize == bucket {
 			j++
 		}
-		last := first + uint64(j) - 1
-		ts := int64(last + 1)
-		b := s.s.Batch(gocql.UnloggedBatch).WithContext(ctx).Consistency(lv.write)
+		partLast := first + uint64(j) - 1
+		ts := int64(partLast + 1)
+		b := logged
+		if b == nil {
+			b = s.s.Batch(gocql.UnloggedBatch).WithContext(ctx).Consistency(lv.write)
+		}
 		for k := i; k < j; k++ {
 			b.Query(`INSERT INTO `+s.ks+`.journal_exclusive (stream, bucket, seq, data) VALUES (?, ?, ?, ?) USING TIMESTAMP ?`,
 				stream, int64(bucket), int64(first+uint64(k)), encoded[k], ts)
 		}
-		b.Query(`UPDATE `+s.ks+`.journal_exclusive USING TIMESTAMP ? SET head = ? WHERE stream = ? AND bucket = ?`, ts, int64(last), stream, int64(bucket))
-		if err := b.Exec(); err != nil {
-			return fmt.Errorf("journal: stream %s: append %d-%d: %w", stream, seq, last, err)
+		b.Query(`UPDATE `+s.ks+`.journal_exclusive USING TIMESTAMP ? SET head = ? WHERE stream = ? AND bucket = ?`, ts, int64(partLast), stream, int64(bucket))
+		// A new bucket moves the hint to the end of the previous one (committed once this part is).
+		newBucket := seq%s.bucketSize == 0 && seq > 1
+		if logged != nil {
+			if newBucket {
+				b.Query(`UPDATE `+s.ks+`.journal_streams USING TIMESTAMP ? SET head = ? WHERE stream = ?`, int64(seq), int64(seq-1), stream)
+			}
+			i = j
+			continue
 		}
-		if seq%s.bucketSize == 0 && seq > 1 {
-			// A new bucket: move the hint to the end of the previous one (committed).
+		if err := b.Exec(); err != nil {
+			return fmt.Errorf("journal: stream %s: append %d-%d: %w", stream, seq, partLast, err)
+		}
+		if newBucket {
 			if err := s.s.Query(`UPDATE `+s.ks+`.journal_streams USING TIMESTAMP ? SET head = ? WHERE stream = ?`, int64(seq), int64(seq-1), stream).
 				WithContext(ctx).Consistency(lv.write).Exec(); err != nil {
 				return fmt.Errorf("journal: stream %s: head hint: %w", stream, err)
@@ -125,5 +143,68 @@ func (s *CassandraStore) exclusiveWrite(ctx context.Context, stream string, firs
 		}
 		i = j
 	}
+	if logged == nil {
+		return nil
+	}
+	for _, st := range stmts {
+		logged.Query(st.CQL, st.Args...)
+	}
+	if err := logged.Exec(); err != nil {
+		return fmt.Errorf("journal: stream %s: append %d-%d with %d statements: %w", stream, first, last, len(stmts), rejected(err))
+	}
 	return nil
+}
+
+// Statement is a CQL statement and its bound values, run in the same batch as an append
+// (AppendWith).
+type Statement struct {
+	CQL  string
+	Args []any
+}
+
+// AppendWith is Append for an exclusive stream that also runs stmts in the same logged batch as
+// the entries: both take effect or neither does. The statements run at the stream's write
+// consistency (WriteConsistency) and must be idempotent (carry their own write timestamps): a
+// retry of a batch that committed runs them again. ErrRejected if Cassandra refuses the batch
+// (a statement is invalid, names a missing table, the batch is too large): nothing was written.
+// The batch should stay under Cassandra's batch_size_warn_threshold (5 KiB by default), above
+// which Cassandra logs a warning for each batch.
+func (s *CassandraStore) AppendWith(ctx context.Context, stream string, epoch uint64, entries []Entry, stmts []Statement) error {
+	if !s.exclusive(stream) {
+		return fmt.Errorf("%w: stream %s: statements can join only appends to an exclusive stream", ErrInvalid, stream)
+	}
+	return s.append(ctx, stream, epoch, entries, stmts)
+}
+
+// WriteConsistency is the consistency of a stream's writes (and of AppendWith's statements).
+func (s *CassandraStore) WriteConsistency(stream string) gocql.Consistency {
+	return s.levelsOf(stream).write
+}
+
+// Session is the session the store writes with: statements for AppendWith must be valid on it.
+func (s *CassandraStore) Session() *gocql.Session { return s.s }
+
+// runStatements runs the statements of a retried AppendWith whose entries had committed.
+func (s *CassandraStore) runStatements(ctx context.Context, stream string, stmts []Statement) error {
+	b := s.s.Batch(gocql.LoggedBatch).WithContext(ctx).Consistency(s.levelsOf(stream).write)
+	for _, st := range stmts {
+		b.Query(st.CQL, st.Args...)
+	}
+	if err := b.Exec(); err != nil {
+		return fmt.Errorf("journal: stream %s: statements of a committed append: %w", stream, rejected(err))
+	}
+	return nil
+}
+
+// rejected marks the errors by which Cassandra refuses a request as invalid (nothing of it was
+// written) with ErrRejected.
+func rejected(err error) error {
+	var re gocql.RequestError
+	if errors.As(err, &re) {
+		switch re.Code() {
+		case gocql.ErrCodeSyntax, gocql.ErrCodeInvalid, gocql.ErrCodeConfig, gocql.ErrCodeUnauthorized:
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		}
+	}
+	return err
 }

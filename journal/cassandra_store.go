@@ -231,6 +231,11 @@ func (s *CassandraStore) fenceLocked(ctx context.Context, stream string, epoch u
 
 // Append implements Store.
 func (s *CassandraStore) Append(ctx context.Context, stream string, epoch uint64, entries []Entry) error {
+	return s.append(ctx, stream, epoch, entries, nil)
+}
+
+// append is Append; an exclusive stream's append also runs stmts (see AppendWith).
+func (s *CassandraStore) append(ctx context.Context, stream string, epoch uint64, entries []Entry, stmts []Statement) error {
 	encoded, err := prepareBatch(stream, epoch, entries)
 	if err != nil {
 		return err
@@ -251,10 +256,16 @@ func (s *CassandraStore) Append(ctx context.Context, stream string, epoch uint64
 		s.setKnown(stream, h, true)
 	}
 	if first != h.Seq+1 {
-		return s.retryOrConflict(ctx, stream, first, last, h, encoded)
+		if err := s.retryOrConflict(ctx, stream, first, last, h, encoded); err != nil || len(stmts) == 0 {
+			return err
+		}
+		// A retry of a batch that committed: its statements took effect with it, or will when
+		// Cassandra replays the batch log; running them again (they carry their timestamps)
+		// makes them visible now.
+		return s.runStatements(ctx, stream, stmts)
 	}
 	if s.exclusive(stream) {
-		if err := s.exclusiveWrite(ctx, stream, first, encoded); err != nil {
+		if err := s.exclusiveWrite(ctx, stream, first, encoded, stmts); err != nil {
 			s.setKnown(stream, Head{}, false)
 			return err
 		}

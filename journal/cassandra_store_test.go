@@ -284,3 +284,90 @@ func TestCassandraExclusiveStream(t *testing.T) {
 	}
 	checkStream(t, other, stream, 2100, 3055)
 }
+
+// AppendWith puts the caller's statements in the append's batch: they take effect with the
+// entries (across a bucket boundary too), run again on a retry of a committed batch, and a batch
+// Cassandra refuses writes neither.
+func TestCassandraAppendWith(t *testing.T) {
+	addr := testenv.Cassandra(t)
+	ks := testenv.UniqueName("journal_test_")
+	s, c := openCassandraStore(t, addr, ks)
+	t.Cleanup(func() {
+		_ = c.Session.Query(`DROP KEYSPACE ` + ks).Exec()
+		c.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.Session.Query(`CREATE TABLE ` + ks + `.side (k int PRIMARY KEY, v text)`).Exec(); err != nil {
+		t.Fatal(err)
+	}
+	put := func(k int, v string) Statement {
+		return Statement{CQL: `INSERT INTO ` + ks + `.side (k, v) VALUES (?, ?) USING TIMESTAMP ?`, Args: []any{k, v, int64(1000 + k)}}
+	}
+	side := func(k int) (string, bool) {
+		var v string
+		err := c.Session.Query(`SELECT v FROM `+ks+`.side WHERE k = ?`, k).WithContext(ctx).Scan(&v)
+		if errors.Is(err, gocql.ErrNotFound) {
+			return "", false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v, true
+	}
+	const stream = "kvlog/site-a/d0/0/3"
+	if err := s.AppendWith(ctx, stream, 3, mkEntries(1, 3, 100), []Statement{put(1, "a"), put(2, "b")}); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := side(1); v != "a" || !ok {
+		t.Errorf("row 1 = %q %v after the append", v, ok)
+	}
+	if h := mustHead(t, s, stream); h.Seq != 3 {
+		t.Fatalf("head %+v, want 3", h)
+	}
+	// A retry of the committed batch runs its statements again (a retry's statements are the
+	// same; a later timestamp here makes the second run visible).
+	later := Statement{CQL: put(2, "b2").CQL, Args: []any{2, "b2", time.Now().UnixMicro() + 1_000_000}}
+	if err := s.AppendWith(ctx, stream, 3, mkEntries(1, 3, 100), []Statement{put(1, "a"), later}); err != nil {
+		t.Fatalf("retry of the committed batch: %v", err)
+	}
+	if v, _ := side(2); v != "b2" {
+		t.Errorf("row 2 = %q after the retry, want b2", v)
+	}
+	// A statement Cassandra refuses: nothing of the batch is written.
+	bad := Statement{CQL: `INSERT INTO ` + ks + `.nosuchtable (k, v) VALUES (?, ?)`, Args: []any{3, "c"}}
+	err := s.AppendWith(ctx, stream, 3, mkEntries(4, 2, 100), []Statement{put(3, "c"), bad})
+	if !errors.Is(err, ErrRejected) {
+		t.Fatalf("batch with a statement on a missing table: %v, want ErrRejected", err)
+	}
+	if _, ok := side(3); ok {
+		t.Error("a refused batch wrote its other statement")
+	}
+	other, oc := openCassandraStore(t, addr, ks)
+	t.Cleanup(oc.Close)
+	if h := mustHead(t, other, stream); h.Seq != 3 {
+		t.Fatalf("head %+v after a refused batch, want 3", h)
+	}
+	// The same seqs append normally afterwards, and across a bucket boundary (1024) with
+	// statements, everything lands.
+	if err := s.Append(ctx, stream, 3, mkEntries(4, 1000, 50)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendWith(ctx, stream, 3, mkEntries(1004, 40, 50), []Statement{put(4, "d")}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := side(4); v != "d" {
+		t.Errorf("row 4 = %q after an append across buckets", v)
+	}
+	if h := mustHead(t, other, stream); h.Seq != 1043 {
+		t.Fatalf("head %+v, want 1043", h)
+	}
+	checkStream(t, other, stream, 1, 1043)
+	// Only exclusive streams take statements.
+	if err := s.AppendWith(ctx, "test/plain", 1, mkEntries(1, 1, 10), []Statement{put(5, "e")}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("statements with an append to a non-exclusive stream: %v, want ErrInvalid", err)
+	}
+	if _, ok := side(5); ok {
+		t.Error("a refused append wrote its statement")
+	}
+}

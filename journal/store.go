@@ -75,6 +75,9 @@ var (
 	ErrConflict = errors.New("journal: batch does not follow the stream's head")
 	// ErrTrimmed: the requested entries were trimmed.
 	ErrTrimmed = errors.New("journal: entries trimmed")
+	// ErrRejected: Cassandra refused a batch that carried statements of the caller's
+	// (CassandraStore.AppendWith) as invalid. Nothing was written.
+	ErrRejected = errors.New("journal: batch rejected")
 	// ErrConsumerBehind: a registered consumer has not passed the trim point.
 	ErrConsumerBehind = errors.New("journal: a consumer has not passed the trim point")
 )

@@ -1055,6 +1055,33 @@ func (b *CassandraBackend) Apply(ctx context.Context, t Table, lv Level, ms ...M
 	return nil
 }
 
+// rowStatement validates mutation m of table t (its Timestamp aside) and returns what Apply would
+// run for it, as a function of the write timestamp (the eventual log's writer knows it only when
+// it journals the write), and the size of its values.
+func (b *CassandraBackend) rowStatement(ctx context.Context, t Table, m Mutation) (func(ts int64) journal.Statement, int, error) {
+	ct, err := b.rowTable(ctx, t)
+	if err != nil {
+		return nil, 0, err
+	}
+	m.Timestamp = 1 // checkMutation wants a positive one; the function sets the real one
+	bm, err := ct.checkMutation(m)
+	if err != nil {
+		return nil, 0, err
+	}
+	size := 0
+	for _, v := range bm.key {
+		size += valueSize(v)
+	}
+	for _, v := range bm.vals {
+		size += valueSize(v)
+	}
+	return func(ts int64) journal.Statement {
+		bm.ts = ts
+		stmt, args := cassStatement(ct, bm)
+		return journal.Statement{CQL: stmt, Args: args}
+	}, size, nil
+}
+
 // Get implements Backend.
 func (b *CassandraBackend) Get(ctx context.Context, t Table, lv Level, key journal.Row) (StoredRow, bool, error) {
 	ct, err := b.rowTable(ctx, t)

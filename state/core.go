@@ -33,7 +33,7 @@ type Config struct {
 	DefaultWait time.Duration `yaml:"default_wait" help:"how long atomic operations wait for a lock by default"`
 	MaxWait     time.Duration `yaml:"max_wait" help:"longest lock wait a request may ask for"`
 	// EventualShards is the number of streams of the eventual log, each group-committed by one
-	// goroutine. Default 4.
+	// goroutine. Default 2.
 	EventualShards int `yaml:"eventual_shards" help:"streams of this daemon's eventual log (parallel group commits)"`
 	// EventualBatch bounds the writes of one group commit. Default 256.
 	EventualBatch int `yaml:"eventual_batch" help:"most eventual writes journaled by one append"`
@@ -52,7 +52,7 @@ func DefaultConfig() Config {
 		LockLease:      30 * time.Second,
 		DefaultWait:    5 * time.Second,
 		MaxWait:        60 * time.Second,
-		EventualShards: 4,
+		EventualShards: 2,
 		EventualBatch:  256,
 		SchemaTTL:      2 * time.Second,
 

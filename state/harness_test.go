@@ -23,7 +23,8 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 type cluster struct {
 	t       *testing.T
 	mode    string
-	ks      string // the test's keyspace (unique on the shared Cassandra)
+	ks      string         // the test's keyspace (unique on the shared Cassandra)
+	session *gocql.Session // distributed mode: a session of the test's own
 	newSvc  func(i int) *Service
 	journal journal.Store // a store for the test's own inspection
 	daemons []*Service
@@ -55,7 +56,11 @@ func runService(t *testing.T, s *Service) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
-func embeddedCluster(t *testing.T, cfg Config) *cluster {
+func embeddedCluster(t *testing.T, cfg Config) *cluster { return embeddedClusterWith(t, cfg, nil) }
+
+// embeddedClusterWith is embeddedCluster with the daemons' journal wrapped by wrap (the test's own
+// inspection reads the store itself).
+func embeddedClusterWith(t *testing.T, cfg Config, wrap func(journal.Store) journal.Store) *cluster {
 	dir := t.TempDir()
 	store, err := journal.OpenEmbedded(dir+"/journal", discardLogger())
 	if err != nil {
@@ -76,7 +81,11 @@ func embeddedCluster(t *testing.T, cfg Config) *cluster {
 	c.newSvc = func(i int) *Service {
 		cfg := cfg
 		cfg.Site, cfg.Instance = "site-a", "d"+string(rune('0'+i))
-		s, err := New(cfg, Deps{Backend: backend, Journal: store, Locks: lockSvc, Clock: clock, Logger: discardLogger()})
+		var j journal.Store = store
+		if wrap != nil {
+			j = wrap(store)
+		}
+		s, err := New(cfg, Deps{Backend: backend, Journal: j, Locks: lockSvc, Clock: clock, Logger: discardLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,6 +96,12 @@ func embeddedCluster(t *testing.T, cfg Config) *cluster {
 }
 
 func distributedCluster(t *testing.T, cfg Config) *cluster {
+	return distributedClusterWith(t, cfg, nil)
+}
+
+// distributedClusterWith is distributedCluster with each daemon's backend configuration changed
+// by backendCfg.
+func distributedClusterWith(t *testing.T, cfg Config, backendCfg func(*CassandraBackendConfig)) *cluster {
 	ccfg := journal.DefaultCassandraConfig()
 	ccfg.ContactPoints = []string{testenv.Cassandra(t)}
 	ccfg.Keyspace = testenv.UniqueName("musicd_state_")
@@ -115,16 +130,20 @@ func distributedCluster(t *testing.T, cfg Config) *cluster {
 		_ = first.Session.Query(`DROP KEYSPACE IF EXISTS ` + userKS).Exec()
 		first.Close()
 	})
-	c := &cluster{t: t, mode: "distributed", journal: store, ks: userKS}
+	c := &cluster{t: t, mode: "distributed", journal: store, ks: userKS, session: first.Session}
 	c.newSvc = func(i int) *Service {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		cass, store := open()
 		t.Cleanup(cass.Close)
-		backend, err := NewCassandraBackend(ctx, cass.Session, CassandraBackendConfig{
+		bcfg := CassandraBackendConfig{
 			MetaKeyspace: ccfg.Keyspace, DefaultFactor: 1, Local: gocql.LocalQuorum, Global: gocql.Quorum,
 			Timeout: 10 * time.Second,
-		}, discardLogger())
+		}
+		if backendCfg != nil {
+			backendCfg(&bcfg)
+		}
+		backend, err := NewCassandraBackend(ctx, cass.Session, bcfg, discardLogger())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ type metrics struct {
 	caughtUp prometheus.Counter
 	evBatch  prometheus.Histogram
 	evAppend prometheus.Histogram
+	evRows   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -46,9 +47,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Duration of one eventual-log append (group commit), retries included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		evRows: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "music_state_eventual_rows_in_append_total",
+			Help: "Eventual writes whose row was written in the same batch as their journal entry (distributed mode); the others were applied after the append.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.ops, m.lockOps, m.lockWait, m.caughtUp, m.evBatch, m.evAppend} {
+		for _, c := range []prometheus.Collector{m.ops, m.lockOps, m.lockWait, m.caughtUp, m.evBatch, m.evAppend, m.evRows} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

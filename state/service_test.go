@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
@@ -496,5 +500,82 @@ func TestEventualLogStreamsAcrossRestarts(t *testing.T) {
 	got := map[string]bool{recv(streams2): true, recv(streams2): true}
 	if !got[r1.Stream] || !got[r2.Stream] || r1.Stream == r2.Stream {
 		t.Fatalf("second run handed %v to OnStream; want its stream %s and the earlier %s", got, r2.Stream, r1.Stream)
+	}
+}
+
+// In distributed mode an eventual write's row goes in its append's batch: the entry and the row
+// take effect together. A batch that Cassandra refuses (here a table dropped behind the daemon's
+// back, while its cached definition is trusted) is journaled without its rows, and each request
+// applies its own row and learns why it failed; the log goes on.
+func TestEventualRowsInAppend(t *testing.T) {
+	c := distributedClusterWith(t, DefaultConfig(), func(b *CassandraBackendConfig) { b.TableRecheck = time.Hour })
+	ks := c.ks
+	s := c.daemon(0)
+	tbl := setupTable(t, s, ks)
+	ctx := context.Background()
+	const n = 40
+	results := make([]WriteResult, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := s.Write(ctx, WriteRequest{Keyspace: ks, Table: "kv", Key: key(int64(i)), Op: MutPut, Values: vals(fmt.Sprint("v", i)), Consistency: Eventual})
+			if err != nil {
+				t.Errorf("write %d: %v", i, err)
+			}
+			results[i] = r
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	if got := testutil.ToFloat64(s.metrics.evRows); got != n {
+		t.Errorf("%v writes had their rows in the append, want %d", got, n)
+	}
+	for i, r := range results {
+		row, err := read(s, ks, int64(i), Eventual, "")
+		if err != nil || valueOf(row, "v").Str != fmt.Sprint("v", i) || row.Version != r.Version {
+			t.Errorf("row %d = %+v, %v; want v%d at version %d", i, row, err, i, r.Version)
+		}
+		es, err := c.journal.Read(ctx, r.Stream, r.Seq, 1)
+		if err != nil || len(es) != 1 || micros(es[0].HLC) != r.Version || valueOf(StoredRow{Values: es[0].Key}, "id").Int != int64(i) {
+			t.Errorf("entry of write %d = %+v, %v", i, es, err)
+		}
+	}
+
+	gone := tbl
+	gone.Name = "gone"
+	if err := s.CreateTable(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.session.Query(`DROP TABLE "` + ks + `".gone`).Exec(); err != nil {
+		t.Fatal(err)
+	}
+	before := testutil.ToFloat64(s.metrics.evRows)
+	_, err := s.Write(ctx, WriteRequest{Keyspace: ks, Table: "gone", Key: key(1), Op: MutPut, Values: vals("x"), Consistency: Eventual})
+	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "journaled") {
+		t.Fatalf("write to a dropped table: %v, want a journaled write that could not be applied (ErrNotFound)", err)
+	}
+	if got := testutil.ToFloat64(s.metrics.evRows); got != before {
+		t.Errorf("the refused batch counted %v rows in the append", got-before)
+	}
+	r := mustWrite(t, s, WriteRequest{Keyspace: ks, Table: "kv", Key: key(100), Op: MutPut, Values: vals("after"), Consistency: Eventual})
+	if got := testutil.ToFloat64(s.metrics.evRows); got != before+1 {
+		t.Errorf("after the refused batch: %v rows in appends, want %v", got, before+1)
+	}
+	if row, err := read(s, ks, 100, Eventual, ""); err != nil || row.Version != r.Version {
+		t.Errorf("row after the refused batch: %+v, %v", row, err)
+	}
+	// The refused write's entry is in the journal where its error says.
+	var stream string
+	var seq uint64
+	if _, serr := fmt.Sscanf(err.Error()[strings.Index(err.Error(), "(stream "):], "(stream %s seq %d)", &stream, &seq); serr != nil {
+		t.Fatalf("no stream and seq in %q: %v", err, serr)
+	}
+	es, err := c.journal.Read(ctx, stream, seq, 1)
+	if err != nil || len(es) != 1 || es[0].Table != "gone" {
+		t.Errorf("entry of the refused write: %+v, %v", es, err)
 	}
 }
