@@ -100,12 +100,17 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) (err error) {
 		conn.Close()
 		return fmt.Errorf("%w: %v", ErrNotCapturable, err)
 	}
+	maxlen, err := collationMaxLen(conn)
+	if err != nil {
+		conn.Close()
+		return err
+	}
 	head, err := c.store.Fence(ctx, c.Stream(), epoch)
 	if err != nil {
 		conn.Close()
 		return err
 	}
-	w := &txWriter{c: c, epoch: epoch, next: head.Seq + 1}
+	w := &txWriter{c: c, epoch: epoch, next: head.Seq + 1, cols: newColumnTracker(maxlen, src.Flavor == mysql.MariaDBFlavor)}
 	position, err := w.resume(ctx, head)
 	if err == nil && position == "" && head.Seq == 0 {
 		// A new stream: start from the configured position or the server's current one,
@@ -338,8 +343,9 @@ type txWriter struct {
 
 	file         string // current binlog file
 	tables       map[uint64]*tableSchema
-	gtid         string // current transaction's GTID ("" outside one)
-	index        uint32 // entries of the current transaction so far
+	cols         *columnTracker // the captured tables' columns, for DDL entries
+	gtid         string         // current transaction's GTID ("" outside one)
+	index        uint32         // entries of the current transaction so far
 	buf          []journal.Entry
 	fields       fieldSlab       // the rows' fields
 	txSync       bool            // the current transaction touches a sync table
@@ -592,6 +598,7 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 		}
 		s.sync = w.c.cfg.Source.Tables.ModeOf(s.database, s.table) == policies.ModeSync
 		w.tables[e.TableID] = s
+		w.cols.tableMap(s, e)
 	case *replication.RowsEvent:
 		return w.rows(ctx, ev.Header, e)
 	case *replication.XIDEvent:
@@ -760,6 +767,17 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 	}
 	w.snap.ddl(db, table, stmt)
 	entry := journal.Entry{Op: journal.OpDDL, Database: db, Table: table, Statement: stmt}
+	if table != "" {
+		cols, known, err := w.cols.ddl(string(e.Schema), stmt)
+		switch {
+		case err != nil:
+			w.c.logger.Warn("DDL journaled without its resulting columns: the statement could not be read", "gtid", w.gtid, "statement", truncate(stmt, 200), "err", err)
+		case known:
+			entry.Columns = cols
+		default:
+			w.c.logger.Info("DDL journaled without its resulting columns: the table's columns before it are not known", "gtid", w.gtid, "table", db+"."+table)
+		}
+	}
 	if err := w.add(ctx, h, entry); err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -256,25 +257,31 @@ func TestCaptureAcrossAlterTable(t *testing.T) {
 		}
 		return strings.Join(n, ",")
 	}
+	// A DDL entry carries the table's columns after it: from the TABLE_MAP of the insert before
+	// the first ALTER (the capture started after the CREATE), then each ALTER applied.
 	want := []struct {
 		op   journal.Op
 		cols string
 		stmt string
 	}{
 		{journal.OpInsert, "id,a", ""},
-		{journal.OpDDL, "", "ADD COLUMN b"},
+		{journal.OpDDL, "id int,a varchar(20),b int", "ADD COLUMN b"},
 		{journal.OpInsert, "id,a,b", ""},
-		{journal.OpDDL, "", "DROP COLUMN a"},
+		{journal.OpDDL, "id int,b int", "DROP COLUMN a"},
 		{journal.OpInsert, "id,b", ""},
-		{journal.OpDDL, "", "MODIFY COLUMN b"},
+		{journal.OpDDL, "id int,b bigint unsigned", "MODIFY COLUMN b"},
 		{journal.OpInsert, "id,b", ""},
-		{journal.OpDDL, "", "RENAME COLUMN b TO c"},
+		{journal.OpDDL, "id int,c bigint unsigned", "RENAME COLUMN b TO c"},
 		{journal.OpUpdate, "id,c", ""},
 	}
 	for i, w := range want {
 		e := got[i]
-		if e.Op != w.op || (w.op != journal.OpDDL && cols(e.After) != w.cols) || !strings.Contains(e.Statement, w.stmt) {
-			t.Errorf("entry %d: %s %q %q, want %s %q %q", i, e.Op, cols(e.After), e.Statement, w.op, w.cols, w.stmt)
+		c := cols(e.After)
+		if w.op == journal.OpDDL {
+			c = spelledColumns(e.Columns)
+		}
+		if e.Op != w.op || c != w.cols || !strings.Contains(e.Statement, w.stmt) {
+			t.Errorf("entry %d: %s %q %q, want %s %q %q", i, e.Op, c, e.Statement, w.op, w.cols, w.stmt)
 		}
 	}
 	if v := value(got[4], got[4].After, "b"); !v.Equal(journal.Int(33)) {
@@ -291,6 +298,76 @@ func TestCaptureAcrossAlterTable(t *testing.T) {
 	}
 	if n := len(env.rowEntries("skip_me")); n != 0 {
 		t.Errorf("%d entries of an excluded table", n)
+	}
+}
+
+// The columns on DDL entries are spelled as information_schema's COLUMN_TYPE (integer display
+// widths aside) for every type: a CREATE TABLE's from the statement, an ALTER's from the columns
+// of the table's last TABLE_MAP event (a row written in between) with the change applied.
+// Statements the capture cannot follow leave the columns out.
+func TestDDLColumns(t *testing.T) {
+	env := newCaptureEnv(t, 1000)
+	stop := env.start(1)
+	defer func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	}()
+	env.waitStarted()
+	env.typesTable()
+	env.typesRow(1)
+	env.exec("ALTER TABLE " + env.db + ".types ADD COLUMN z DECIMAL(5,1) UNSIGNED FIRST, CHANGE COLUMN n n2 VARCHAR(7) CHARACTER SET utf8mb4 AFTER id")
+	env.exec("CREATE TABLE " + env.db + ".other LIKE " + env.db + ".types")
+	env.exec("RENAME TABLE " + env.db + ".other TO " + env.db + ".other2")
+	env.exec("DROP TABLE " + env.db + ".other2")
+	widths := regexp.MustCompile(`^(tinyint|smallint|mediumint|int|bigint|year)\(\d+\)`)
+	infoSchema := func(table string) string {
+		r, err := env.conn.Execute(`SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS
+			WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, env.db, table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for i := range r.RowNumber() {
+			name, _ := r.GetString(i, 0)
+			typ, _ := r.GetString(i, 1)
+			out = append(out, name+" "+widths.ReplaceAllString(typ, "$1"))
+		}
+		return strings.Join(out, ",")
+	}
+	testenv.WaitFor(t, 30*time.Second, "the DDL entries", func() bool {
+		n := 0
+		for _, e := range env.entries() {
+			if e.Op == journal.OpDDL {
+				n++
+			}
+		}
+		return n >= 5
+	})
+	var ddl []journal.Entry
+	for _, e := range env.entries() {
+		if e.Op == journal.OpDDL {
+			ddl = append(ddl, e)
+		}
+	}
+	// The table as created, and as altered: compare the final definition with what the server
+	// says now, and the created one by undoing the ALTER on the server's spelling.
+	final := infoSchema("types")
+	if got := spelledColumns(ddl[1].Columns); got != final {
+		t.Errorf("columns after the ALTER:\n got %s\nwant %s", got, final)
+	}
+	created := strings.Replace(strings.Replace(final, "z decimal(5,1) unsigned,", "", 1), "n2 varchar(7),", "", 1) + ",n int"
+	if got := spelledColumns(ddl[0].Columns); got != created {
+		t.Errorf("columns of the CREATE TABLE:\n got %s\nwant %s", got, created)
+	}
+	if got := spelledColumns(ddl[2].Columns); ddl[2].Table != "other" || got != final {
+		t.Errorf("CREATE TABLE LIKE: %s %s", ddl[2].Table, got)
+	}
+	if got := spelledColumns(ddl[3].Columns); got != final {
+		t.Errorf("RENAME TABLE: %s", got)
+	}
+	if ddl[4].Columns != nil || !strings.HasPrefix(ddl[4].Statement, "DROP TABLE") {
+		t.Errorf("DROP TABLE: %+v", ddl[4])
 	}
 }
 
