@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -341,11 +342,15 @@ type txWriter struct {
 	skipTx string
 	skip   uint32
 
-	file         string // current binlog file
-	tables       map[uint64]*tableSchema
-	cols         *columnTracker // the captured tables' columns, for DDL entries
-	gtid         string         // current transaction's GTID ("" outside one)
-	index        uint32         // entries of the current transaction so far
+	file   string // current binlog file
+	tables map[uint64]*tableSchema
+	cols   *columnTracker // the captured tables' columns, for DDL entries
+	// The transaction being counted by the metrics and the tables it changed so far (used by
+	// whoever appends: see app).
+	metricTx     string
+	metricTables []string
+	gtid         string // current transaction's GTID ("" outside one)
+	index        uint32 // entries of the current transaction so far
 	buf          []journal.Entry
 	fields       fieldSlab       // the rows' fields
 	txSync       bool            // the current transaction touches a sync table
@@ -837,16 +842,34 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			database, table string
 			op              journal.Op
 		}
-		rows, txs := map[rowsOf]int{}, 0
+		rows, txs, txTables := map[rowsOf]int{}, 0, map[string]int{}
 		for i := range es {
 			e := &es[i]
 			switch e.Op {
 			case journal.OpInsert, journal.OpUpdate, journal.OpDelete, journal.OpRead:
 				rows[rowsOf{e.Database, e.Table, e.Op}]++
 			}
-			if e.Tx.Last && e.Op != journal.OpMark {
-				txs++
+			if e.Op == journal.OpMark || e.Op == journal.OpRead {
+				continue
 			}
+			// The tables of the transaction, across its chunks (batches come in order, a
+			// transaction's entries are contiguous).
+			if e.Tx.ID != w.metricTx {
+				w.metricTx, w.metricTables = e.Tx.ID, w.metricTables[:0]
+			}
+			if t := e.Database + "." + e.Table; e.Table != "" && !slices.Contains(w.metricTables, t) {
+				w.metricTables = append(w.metricTables, t)
+			}
+			if e.Tx.Last {
+				txs++
+				for _, t := range w.metricTables {
+					txTables[t]++
+				}
+				w.metricTx, w.metricTables = "", w.metricTables[:0]
+			}
+		}
+		for t, n := range txTables {
+			cfg.Metrics.txt.WithLabelValues(cfg.Source.Name, t).Add(float64(n))
 		}
 		for k, n := range rows {
 			if k.op == journal.OpRead {

@@ -13,6 +13,9 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/musicd/musicd/internal/testenv"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/policies"
@@ -27,6 +30,7 @@ type captureEnv struct {
 	store journal.Store
 	conn  *client.Conn
 	cap   *Capture
+	pace  time.Duration // writeLoad's pause after each transaction
 }
 
 func newCaptureEnv(t *testing.T, chunk int) *captureEnv {
@@ -513,5 +517,44 @@ func TestCaptureChunksLargeRowsByBytes(t *testing.T) {
 	}
 	if v := value(got[0], got[0].After, "payload"); len(v.Bytes) != len(payload) {
 		t.Errorf("payload of %d bytes, want %d", len(v.Bytes), len(payload))
+	}
+}
+
+// The capture's metrics count rows per table and operation, and transactions per source and per
+// table changed, a transaction journaled in chunks once, with every table of every chunk.
+func TestCaptureMetrics(t *testing.T) {
+	env := newCaptureEnv(t, 4) // chunks of 4 entries: the 10-row transaction spans three batches
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.cap.cfg.Metrics = m
+	env.exec("CREATE TABLE " + env.db + ".t1 (id INT PRIMARY KEY)")
+	env.exec("CREATE TABLE " + env.db + ".t2 (id INT PRIMARY KEY)")
+	stop := env.start(1)
+	defer func() { _ = stop() }()
+	env.waitStarted()
+	env.exec("USE " + env.db) // the SEQUENCE engine's tables live in the current database
+	env.exec("INSERT INTO " + env.db + ".t1 SELECT seq FROM seq_1_to_10")
+	// t2's rows only in the first of this transaction's three chunks.
+	env.exec("BEGIN")
+	env.exec("INSERT INTO " + env.db + ".t2 VALUES (1), (2)")
+	env.exec("INSERT INTO " + env.db + ".t1 SELECT seq FROM seq_11_to_16")
+	env.exec("UPDATE " + env.db + ".t1 SET id = 17 WHERE id = 16")
+	env.exec("COMMIT")
+	env.exec("DELETE FROM " + env.db + ".t2 WHERE id = 1")
+	env.waitRows("t2", 3)
+	rows := func(table, op string) float64 {
+		return testutil.ToFloat64(m.rows.WithLabelValues("a", env.db+"."+table, op))
+	}
+	if got := [4]float64{rows("t1", "insert"), rows("t1", "update"), rows("t2", "insert"), rows("t2", "delete")}; got != [4]float64{16, 1, 2, 1} {
+		t.Errorf("rows t1 insert/update, t2 insert/delete = %v, want [16 1 2 1]", got)
+	}
+	if got := testutil.ToFloat64(m.txs.WithLabelValues("a")); got != 3 {
+		t.Errorf("transactions = %v, want 3", got)
+	}
+	if t1, t2 := testutil.ToFloat64(m.txt.WithLabelValues("a", env.db+".t1")), testutil.ToFloat64(m.txt.WithLabelValues("a", env.db+".t2")); t1 != 2 || t2 != 2 {
+		t.Errorf("transactions by table: t1 %v t2 %v, want 2 and 2", t1, t2)
 	}
 }

@@ -8,6 +8,7 @@ import (
 type Metrics struct {
 	rows *prometheus.CounterVec
 	txs  *prometheus.CounterVec
+	txt  *prometheus.CounterVec // by table
 	lag  *prometheus.GaugeVec
 
 	snapRows    *prometheus.CounterVec
@@ -25,6 +26,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "music_binlog_transactions_captured_total",
 			Help: "Source transactions journaled by binlog capture.",
 		}, []string{"source"}),
+		txt: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "music_binlog_table_transactions_captured_total",
+			Help: "Source transactions journaled by binlog capture that changed the table (a transaction that changed two tables counts for each).",
+		}, []string{"source", "table"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "music_binlog_capture_lag_seconds",
 			Help: "Time between the commit of the last captured transaction at the source and its journaling.",
@@ -38,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Tables whose initial snapshot is not finished (the one in progress included).",
 		}, []string{"source"}),
 	}
-	for _, c := range []prometheus.Collector{m.rows, m.txs, m.lag, m.snapRows, m.snapPending} {
+	for _, c := range []prometheus.Collector{m.rows, m.txs, m.txt, m.lag, m.snapRows, m.snapPending} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -272,6 +272,9 @@ func (env *captureEnv) writeLoad(table string, rows int, stop <-chan struct{}, d
 			done <- err
 			return
 		}
+		if env.pace > 0 {
+			time.Sleep(env.pace) // pacing the load, not waiting for anything
+		}
 	}
 }
 
