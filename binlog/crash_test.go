@@ -18,6 +18,7 @@ import (
 
 	"github.com/musicd/musicd/internal/testenv"
 	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/locks"
 	"github.com/musicd/musicd/policies"
 )
 
@@ -94,11 +95,36 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 	env.store.Close()
 
 	run := func() *exec.Cmd { return env.captureChild(dir, 0) }
-	var sizes []int
-	writerDone := make(chan error, 1)
+	load := env.txLoad(tbl, 150)
+	for range 20 {
+		cmd := run()
+		time.Sleep(time.Duration(20+rand.IntN(150)) * time.Millisecond) // a random point to crash at
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	}
+	sizes := load.wait()
+	// A last, in-process run catches up.
+	useJournal()
+	stop = env.start(uint64(time.Now().UnixNano()))
+	env.checkTransactions("t", sizes)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// txLoad commits count transactions of 1 to 12 inserts into tbl (id, tx, k), in the background;
+// wait returns the sizes of the transactions committed.
+type txLoad struct {
+	t     *testing.T
+	sizes []int
+	done  chan error
+}
+
+func (env *captureEnv) txLoad(tbl string, count int) *txLoad {
+	l := &txLoad{t: env.t, done: make(chan error, 1)}
 	go func() {
 		id := 0
-		for tx := range 150 {
+		for tx := range count {
 			n := 1 + rand.IntN(12)
 			q := "INSERT INTO " + tbl + " VALUES "
 			for k := range n {
@@ -109,34 +135,35 @@ func TestCaptureSurvivesKill9(t *testing.T) {
 				q += fmt.Sprintf("(%d,%d,%d)", id, tx, k)
 			}
 			if _, err := env.conn.Execute(q); err != nil {
-				writerDone <- err
+				l.done <- err
 				return
 			}
-			sizes = append(sizes, n)                                   // read only after writerDone
-			time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond) // spreads the load over the kills
+			l.sizes = append(l.sizes, n)                               // read only after done
+			time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond) // spreads the load over time
 		}
-		writerDone <- nil
+		l.done <- nil
 	}()
-	for range 20 {
-		cmd := run()
-		time.Sleep(time.Duration(20+rand.IntN(150)) * time.Millisecond) // a random point to crash at
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
+	return l
+}
+
+func (l *txLoad) wait() []int {
+	l.t.Helper()
+	if err := <-l.done; err != nil {
+		l.t.Fatal(err)
 	}
-	if err := <-writerDone; err != nil {
-		t.Fatal(err)
-	}
+	return l.sizes
+}
+
+// checkTransactions waits for the rows of the transactions of sizes in table and checks that the
+// journal holds each exactly once, in commit order, each whole.
+func (env *captureEnv) checkTransactions(table string, sizes []int) {
+	t := env.t
+	t.Helper()
 	total := 0
 	for _, n := range sizes {
 		total += n
 	}
-	// A last, in-process run catches up.
-	useJournal()
-	stop = env.start(uint64(time.Now().UnixNano()))
-	got := env.waitRows("t", total)
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	got := env.waitRows(table, total)
 	if len(got) != total {
 		t.Fatalf("journal has %d row entries, %d rows were committed", len(got), total)
 	}
@@ -317,5 +344,74 @@ func TestCaptureResumesInsideATransaction(t *testing.T) {
 		if !value(e, e.After, "k").Equal(journal.Int(int64(i))) || e.Tx.Index != uint32(i) || e.Tx.Last != (i == 22) || e.Tx.ID != got[3].Tx.ID {
 			t.Fatalf("entry %d of the large transaction: k %+v Tx %+v", i, value(e, e.After, "k"), e.Tx)
 		}
+	}
+}
+
+// Two musicd instances of one site campaign for the capture of a source (real ZooKeeper, one
+// session each): one captures; when its session ends (its daemon died), the standby takes over
+// from the last journaled GTID under a new epoch, and the journal holds every committed
+// transaction exactly once.
+func TestCaptureStandbyTakesOver(t *testing.T) {
+	env := newCaptureEnv(t, 5)
+	tbl := env.db + ".t"
+	env.exec("CREATE TABLE " + tbl + " (id INT PRIMARY KEY, tx INT, k INT)")
+	root := "/" + testenv.UniqueName("musicd-test-binlog-")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type instance struct {
+		z    *locks.ZooKeeper
+		cap  *Capture
+		done chan error
+	}
+	start := func(name string) *instance {
+		zcfg := locks.DefaultZooKeeperConfig()
+		zcfg.Servers, zcfg.Root, zcfg.SessionTimeout = []string{testenv.ZooKeeper(t)}, root, 4*time.Second
+		dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer dcancel()
+		z, err := locks.DialZooKeeper(dctx, zcfg, discard())
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc, err := locks.NewZooKeeperService(dctx, z, locks.ZooKeeperServiceConfig{Logger: discard()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := &instance{z: z, cap: NewCapture(env.cap.cfg, env.store, journal.NewClock(time.Now, 0), discard()), done: make(chan error, 1)}
+		go func() { in.done <- in.cap.RunElected(ctx, svc, name) }()
+		t.Cleanup(func() {
+			cancel()
+			<-in.done
+			_ = svc.Close()
+			z.Close()
+		})
+		return in
+	}
+	a := start("instance-a")
+	env.waitStarted()
+	b := start("instance-b")
+	h1, err := env.store.Head(ctx, env.cap.Stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := env.txLoad(tbl, 300)
+	testenv.WaitFor(t, 30*time.Second, "a's capture to journal transactions", func() bool {
+		return len(env.rowEntries("t")) > 50
+	})
+	a.z.Close() // a's daemon is gone: its session ends, its leadership with it
+	testenv.WaitFor(t, 30*time.Second, "b to take the stream over under a new epoch", func() bool {
+		h, err := env.store.Head(ctx, env.cap.Stream())
+		return err == nil && h.Epoch > h1.Epoch
+	})
+	sizes := load.wait()
+	env.checkTransactions("t", sizes)
+	epochs := map[uint64]int{}
+	for _, e := range env.rowEntries("t") {
+		epochs[e.Epoch]++
+	}
+	if len(epochs) != 2 {
+		t.Errorf("rows journaled under epochs %v, want a's and b's", epochs)
+	}
+	if b.cap.Stream() != a.cap.Stream() {
+		t.Fatalf("two streams: %s, %s", a.cap.Stream(), b.cap.Stream())
 	}
 }
