@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"sort"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/musicd/musicd/internal/testenv"
 	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/policies"
 )
 
 const typesTable = `(
@@ -529,5 +531,59 @@ func TestWaitsForTheTargetsSnapshot(t *testing.T) {
 	}
 	if r.status(streamA).WaitingSnapshot {
 		t.Fatal("a's stream still waiting after the snapshot is done")
+	}
+}
+
+// Each table resolves its conflicts by its rule in the applier's tables policy: here site b's
+// own write wins over site a's later one, kept with a dead letter for one table and by site
+// priority (b before a) for another, while a third table, with no resolution given, takes the
+// last writer (a).
+func TestConflictResolutionByTablePolicy(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	a := openSite(t, "a", testenv.MariaDBA(t), db)
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	tables := []string{"dl", "prio", "lww"}
+	for _, s := range []*siteDB{a, b} {
+		for _, tbl := range tables {
+			s.exec("CREATE TABLE " + db + "." + tbl + " (id INT PRIMARY KEY, v VARCHAR(20))")
+			s.exec("INSERT INTO " + db + "." + tbl + " VALUES (1, 'v0')")
+		}
+	}
+	store := openJournal(t)
+	streamA := startCapture(t, a, store, nil)
+	streamB := startCapture(t, b, store, nil)
+	for _, tbl := range tables { // b writes first, a later: a is the last writer
+		b.exec("UPDATE " + db + "." + tbl + " SET v = 'b' WHERE id = 1")
+	}
+	waitJournaled(t, store, streamB, "lww", 1)
+	for _, tbl := range tables {
+		a.exec("UPDATE " + db + "." + tbl + " SET v = 'a' WHERE id = 1")
+	}
+	waitJournaled(t, store, streamA, "lww", 1)
+
+	cfg := testConfig(t, b, streamA)
+	cfg.LocalStreams = []string{streamB}
+	cfg.Tables = policies.Tables{
+		{Match: db + ".dl", Mode: policies.ModeAsync, Conflicts: policies.ResolveDeadLetter},
+		{Match: db + ".prio", Mode: policies.ModeAsync, Conflicts: policies.ResolvePriority},
+		{Match: db + ".*", Mode: policies.ModeAsync},
+	}
+	cfg.SitePriority = []string{"b", "a"}
+	r := startApplier(t, cfg, store, nil)
+	r.waitApplied(store, streamA)
+	for tbl, want := range map[string]string{"dl": "b", "prio": "b", "lww": "a"} {
+		if got := b.dump("SELECT v FROM " + db + "." + tbl); got != want+"\n" {
+			t.Errorf("site b's %s: %q, want %s", tbl, got, want)
+		}
+	}
+	if got := b.dump("SELECT tbl, op, reason, JSON_VALUE(entry, '$.after.v') FROM " + cfg.MetaDatabase + ".dead_letters WHERE db = '" + db + "'"); got != "dl|update|conflict|a\n" {
+		t.Errorf("dead letters:\n%swant dl|update|conflict|a", got)
+	}
+	got := map[string]Resolution{}
+	for _, c := range r.conflicts() {
+		got[c.Table] = c.Resolution
+	}
+	if want := map[string]Resolution{"dl": DeadLettered, "prio": TargetKept, "lww": IncomingWins}; !maps.Equal(got, want) {
+		t.Errorf("conflicts %v, want %v", got, want)
 	}
 }

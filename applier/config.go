@@ -3,7 +3,6 @@ package applier
 import (
 	"errors"
 	"fmt"
-	"path"
 	"regexp"
 	"strings"
 	"time"
@@ -36,12 +35,11 @@ type Config struct {
 	// counts as older than any remote write in a conflict.
 	LocalStreams []string `yaml:"local_streams"`
 	// Tables selects what is applied (first matching rule; off or no match: the entry is passed
-	// over, on purpose). The mode (sync/async) matters to the source's capture, not here.
+	// over, on purpose) and how conflicts on each table's rows are resolved (the rule's
+	// conflicts: lww, the default, priority or dead_letter). The mode (sync/async) matters to
+	// the source's capture, not here.
 	Tables policies.Tables `yaml:"tables"`
-	// Conflicts give the conflict resolution of tables by ordered rules (first match); tables no
-	// rule matches resolve by last-writer-wins.
-	Conflicts []ConflictRule `yaml:"conflicts"`
-	// SitePriority orders sites for ResolvePriority, highest first.
+	// SitePriority orders sites for the tables that resolve conflicts by priority, highest first.
 	SitePriority []string `yaml:"site_priority"`
 	// DDL is what a ddl entry does: "apply" (default) runs the statement on the target; "stop"
 	// stops the stream with an error naming the entry.
@@ -65,13 +63,6 @@ type Config struct {
 	// OnConflict, if set, receives every conflict after its transaction committed (the lead
 	// wires it to the conflicts subject). It must not block for long.
 	OnConflict func(Conflict) `yaml:"-"`
-}
-
-// ConflictRule gives the resolution of the tables matching Match ("database.table", patterns as
-// in policies.TableRule).
-type ConflictRule struct {
-	Match   string  `yaml:"match"`
-	Resolve Resolve `yaml:"resolve"`
 }
 
 // Policies for Config.DDL and Config.OnError.
@@ -152,24 +143,12 @@ func (c Config) Validate() error {
 	if err := c.Tables.Validate(); err != nil {
 		return fmt.Errorf("tables%w", err)
 	}
-	for i, r := range c.Conflicts {
-		db, tb, ok := strings.Cut(r.Match, ".")
-		if !ok || db == "" || tb == "" {
-			return fmt.Errorf("conflicts[%d].match: %q is not \"database.table\"", i, r.Match)
-		}
-		for _, p := range []string{db, tb} {
-			if _, err := path.Match(p, ""); err != nil {
-				return fmt.Errorf("conflicts[%d].match: %q: %w", i, r.Match, err)
-			}
-		}
-		switch r.Resolve {
-		case ResolveLWW, ResolveDeadLetter:
-		case ResolvePriority:
-			if len(c.SitePriority) == 0 {
-				return fmt.Errorf("conflicts[%d].resolve: priority needs site_priority", i)
-			}
-		default:
-			return fmt.Errorf("conflicts[%d].resolve: %q is not lww, priority or dead_letter", i, r.Resolve)
+	if c.Tables.HasResolution(ResolvePriority) && len(c.SitePriority) == 0 {
+		return errors.New("site_priority: required, a tables rule resolves conflicts by priority")
+	}
+	for i, s := range c.SitePriority {
+		if !siteRe.MatchString(s) {
+			return fmt.Errorf("site_priority[%d]: %q is not a site id", i, s)
 		}
 	}
 	if c.DDL != DDLApply && c.DDL != DDLStop {
@@ -189,18 +168,7 @@ func (c Config) Validate() error {
 
 // ruleFor returns the conflict rule of database.table.
 func (c *Config) ruleFor(database, table string) Rule {
-	r := Rule{Resolve: ResolveLWW, Priority: c.SitePriority, LocalSite: c.Site}
-	for _, cr := range c.Conflicts {
-		db, tb, _ := strings.Cut(cr.Match, ".")
-		if ok, _ := path.Match(db, database); !ok {
-			continue
-		}
-		if ok, _ := path.Match(tb, table); ok {
-			r.Resolve = cr.Resolve
-			break
-		}
-	}
-	return r
+	return Rule{Resolve: c.Tables.ResolutionOf(database, table), Priority: c.SitePriority, LocalSite: c.Site}
 }
 
 // siteOf is the metrics label of a stream: the site of "binlog/<site>/<source>", or the class.

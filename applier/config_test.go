@@ -14,22 +14,24 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for want, mod := range map[string]func(*Config){
-		"site:":            func(c *Config) { c.Site = "B!" },
-		"addr:":            func(c *Config) { c.Addr = "nohost" },
-		"user:":            func(c *Config) { c.User = "" },
-		"meta_database:":   func(c *Config) { c.MetaDatabase = "x`y" },
-		"streams: at":      func(c *Config) { c.Streams = nil },
-		"streams[0]:":      func(c *Config) { c.Streams = []string{"has space"} },
-		"streams: \"":      func(c *Config) { c.LocalStreams = []string{"binlog/a/src"} },
-		"tables[0]":        func(c *Config) { c.Tables = policies.Tables{{Match: "x", Mode: policies.ModeSync}} },
-		"conflicts[0].res": func(c *Config) { c.Conflicts = []ConflictRule{{Match: "a.b", Resolve: "coin"}} },
-		"conflicts[0].resolve: priority": func(c *Config) {
-			c.Conflicts = []ConflictRule{{Match: "a.b", Resolve: ResolvePriority}}
+		"site:":          func(c *Config) { c.Site = "B!" },
+		"addr:":          func(c *Config) { c.Addr = "nohost" },
+		"user:":          func(c *Config) { c.User = "" },
+		"meta_database:": func(c *Config) { c.MetaDatabase = "x`y" },
+		"streams: at":    func(c *Config) { c.Streams = nil },
+		"streams[0]:":    func(c *Config) { c.Streams = []string{"has space"} },
+		"streams: \"":    func(c *Config) { c.LocalStreams = []string{"binlog/a/src"} },
+		"tables[0]":      func(c *Config) { c.Tables = policies.Tables{{Match: "x", Mode: policies.ModeSync}} },
+		"tables[0].conflicts": func(c *Config) {
+			c.Tables = policies.Tables{{Match: "a.b", Mode: policies.ModeAsync, Conflicts: "coin"}}
 		},
-		"conflicts[0].match": func(c *Config) { c.Conflicts = []ConflictRule{{Match: "ab", Resolve: ResolveLWW}} },
-		"ddl:":               func(c *Config) { c.DDL = "maybe" },
-		"on_error:":          func(c *Config) { c.OnError = "ignore" },
-		"batch_entries:":     func(c *Config) { c.BatchEntries = 20000 },
+		"site_priority: required": func(c *Config) {
+			c.Tables = policies.Tables{{Match: "a.b", Mode: policies.ModeAsync, Conflicts: ResolvePriority}}
+		},
+		"site_priority[1]": func(c *Config) { c.SitePriority = []string{"a", "B B"} },
+		"ddl:":             func(c *Config) { c.DDL = "maybe" },
+		"on_error:":        func(c *Config) { c.OnError = "ignore" },
+		"batch_entries:":   func(c *Config) { c.BatchEntries = 20000 },
 	} {
 		c := good
 		mod(&c)
@@ -38,7 +40,8 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	c := good
-	c.Conflicts = []ConflictRule{{Match: "shop.audit_*", Resolve: ResolveDeadLetter}, {Match: "shop.*", Resolve: ResolvePriority}}
+	c.Tables = policies.Tables{{Match: "shop.audit_*", Mode: policies.ModeAsync, Conflicts: ResolveDeadLetter},
+		{Match: "shop.*", Mode: policies.ModeAsync, Conflicts: ResolvePriority}, {Match: "crm.*", Mode: policies.ModeAsync}}
 	c.SitePriority = []string{"a", "b"}
 	if r := c.ruleFor("shop", "audit_1"); r.Resolve != ResolveDeadLetter {
 		t.Errorf("audit_1: %v", r.Resolve)
@@ -47,6 +50,9 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("orders: %+v", r)
 	}
 	if r := c.ruleFor("crm", "x"); r.Resolve != ResolveLWW {
+		t.Errorf("a rule without conflicts: %v", r.Resolve)
+	}
+	if r := c.ruleFor("other", "x"); r.Resolve != ResolveLWW {
 		t.Errorf("unmatched: %v", r.Resolve)
 	}
 	if siteOf("binlog/a/src") != "a" || siteOf("key/ks/t/k") != "key" {

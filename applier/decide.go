@@ -7,6 +7,7 @@ import (
 	"math"
 
 	"github.com/musicd/musicd/journal"
+	"github.com/musicd/musicd/policies"
 )
 
 // This file is the applier's pure decision core: given one journal entry and what the target
@@ -14,20 +15,15 @@ import (
 // clock; the driver (applier.go) reads the target's state, calls decide, and executes the actions
 // in the entry's target transaction.
 
-// Resolve is how a table's conflicts are resolved.
-type Resolve string
+// Resolve is how a table's conflicts are resolved: the conflicts field of its rule in the
+// applier's tables policy.
+type Resolve = policies.Resolution
 
-// Conflict resolutions.
+// Conflict resolutions (see policies.Resolution).
 const (
-	// ResolveLWW: last writer wins by HLC timestamp (ties by origin site name), deletes included.
-	// Every site picks the same winner for the same two writes. The default.
-	ResolveLWW Resolve = "lww"
-	// ResolvePriority: the write of the site earlier in Config.SitePriority wins; two writes of
-	// the same (or of unlisted) sites fall back to LWW.
-	ResolvePriority Resolve = "priority"
-	// ResolveDeadLetter: the target's row is kept and the incoming entry goes to the dead-letter
-	// table.
-	ResolveDeadLetter Resolve = "dead_letter"
+	ResolveLWW        = policies.ResolveLWW
+	ResolvePriority   = policies.ResolvePriority
+	ResolveDeadLetter = policies.ResolveDeadLetter
 )
 
 // RowClock is the last write of a row in the target: its HLC timestamp and origin site. The

@@ -46,3 +46,31 @@ func TestTables(t *testing.T) {
 		}
 	}
 }
+
+func TestConflictResolutions(t *testing.T) {
+	tables := Tables{
+		{Match: "shop.audit_*", Mode: ModeAsync, Conflicts: ResolveDeadLetter},
+		{Match: "shop.*", Mode: ModeSync, Conflicts: ResolvePriority},
+		{Match: "crm.*", Mode: ModeAsync},
+	}
+	if err := tables.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		db, table string
+		want      Resolution
+	}{
+		{"shop", "audit_1", ResolveDeadLetter}, {"shop", "orders", ResolvePriority}, {"crm", "x", ResolveLWW}, {"other", "x", ResolveLWW},
+	} {
+		if got := tables.ResolutionOf(c.db, c.table); got != c.want {
+			t.Errorf("%s.%s: %s, want %s", c.db, c.table, got, c.want)
+		}
+	}
+	if !tables.HasResolution(ResolvePriority) || tables.HasResolution(ResolveLWW) {
+		t.Error("HasResolution")
+	}
+	bad := Tables{{Match: "a.b", Mode: ModeAsync, Conflicts: "coin"}}
+	if err := bad.Validate(); err == nil || !strings.HasPrefix(err.Error(), "[0].conflicts:") {
+		t.Errorf("an unknown resolution: %v", err)
+	}
+}

@@ -78,8 +78,8 @@ See [applier.md](applier.md) for the model and every key; the main ones:
 | ` + "`addr`, `user`, `password`" + ` | the target database server; the account needs write access and SUPER or BINLOG ADMIN (for ` + "`skip_replication`" + `) |
 | ` + "`streams`" + ` | the journal streams to apply, e.g. ` + "`binlog/irvine/orders`" + ` |
 | ` + "`local_streams`" + ` | this site's own capture streams of the target, whose row clocks conflict resolution needs |
-| ` + "`tables`" + ` | which tables are mirrored here (` + "`{match, mode}`" + ` rules as for sources) |
-| ` + "`conflicts`, `site_priority`" + ` | conflict resolution per table: ` + "`lww`" + ` (default), ` + "`priority`" + `, ` + "`dead_letter`" + ` |
+| ` + "`tables`" + ` | which tables are mirrored here and how conflicts on their rows are resolved (` + "`{match, mode, conflicts}`" + ` rules as for sources; ` + "`conflicts`" + `: ` + "`lww`" + ` (default), ` + "`priority`" + `, ` + "`dead_letter`" + `) |
+| ` + "`site_priority`" + ` | sites in order, highest first, for tables whose conflicts resolve by ` + "`priority`" + ` |
 | ` + "`ddl`" + ` | ` + "`apply`" + ` (default) or ` + "`stop`" + ` |
 | ` + "`on_error`" + ` | ` + "`stop`" + ` (default) or ` + "`dead_letter`" + ` |
 | ` + "`meta_database`" + ` | where the applier keeps positions, row clocks and dead letters (default ` + "`musicd_applier`" + `) |
