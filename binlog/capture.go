@@ -1,6 +1,7 @@
 package binlog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -262,33 +263,43 @@ func (g *gate) HandleEvent(e *replication.BinlogEvent) error {
 	}
 }
 
-// nextEvent returns the next binlog event. With committed entries queued, it waits only briefly:
-// when the binlog is idle, or the group has waited groupDelay, it appends the group and returns a
-// zero gated. Its errors are the syncer's (wrapped as such), the journal's, or ctx's.
+// nextEvent returns the next binlog event. With committed entries queued, it appends them as soon
+// as the binlog has no event ready and no append is in flight (waiting then would only delay
+// them); while an append is in flight, the group grows until that append ends or the group has
+// waited groupDelay (group commit: one journal sync for what committed meanwhile). It returns a
+// zero gated after such an append. Its errors are the syncer's (wrapped as such), the journal's,
+// or ctx's.
 func (w *txWriter) nextEvent(ctx context.Context, g *gate, syncErr <-chan error) (gated, error) {
 	var idle <-chan time.Time
+	var appended <-chan struct{}
 	if len(w.pending) > 0 {
-		if time.Since(w.pendingSince) >= groupDelay {
+		waited := time.Since(w.pendingSince)
+		if waited >= groupDelay {
 			return gated{}, w.flush(ctx)
 		}
 		select {
-		case ev := <-g.events: // events are flowing: no need for the timer
+		case ev := <-g.events: // events are flowing: the group grows
 			return ev, nil
 		default:
 		}
+		if w.app.inFlight.Load() == 0 {
+			return gated{}, w.flush(ctx) // nothing to share a sync with
+		}
 		if w.idle == nil {
-			w.idle = time.NewTimer(time.Millisecond)
+			w.idle = time.NewTimer(groupDelay - waited)
 		} else {
-			w.idle.Reset(time.Millisecond) // since Go 1.23 no stale tick is left to receive
+			w.idle.Reset(groupDelay - waited) // since Go 1.23 no stale tick is left to receive
 		}
 		defer w.idle.Stop()
-		idle = w.idle.C
+		idle, appended = w.idle.C, w.app.finished
 	}
 	select {
 	case ev := <-g.events:
 		return ev, nil
 	case <-idle:
-		return gated{}, w.flush(ctx) // idle: do not keep the group waiting
+		return gated{}, w.flush(ctx) // waited groupDelay
+	case <-appended:
+		return gated{}, w.flush(ctx) // the append in flight ended: this group is next
 	case err := <-syncErr:
 		return gated{}, fmt.Errorf("source %s: reading the binlog: %w", w.c.cfg.Source.Name, err)
 	case <-w.app.done:
@@ -345,6 +356,8 @@ type txWriter struct {
 	file   string // current binlog file
 	tables map[uint64]*tableSchema
 	cols   *columnTracker // the captured tables' columns, for DDL entries
+	// checksumLen is the length of the checksum that ends each event (format description).
+	checksumLen int
 	// The transaction being counted by the metrics and the tables it changed so far (used by
 	// whoever appends: see app).
 	metricTx     string
@@ -385,10 +398,12 @@ type txWriter struct {
 // made durable. At most appendQueue groups wait: memory stays bounded, and the loop waits when the
 // journal is slower than the binlog, as it did when it appended itself.
 type appender struct {
-	groups chan group           // to append, in order
-	free   chan []journal.Entry // buffers of appended groups, for reuse
-	done   chan struct{}        // closed when the goroutine has stopped
-	err    error                // why it stopped (read after done is closed)
+	groups   chan group           // to append, in order
+	free     chan []journal.Entry // buffers of appended groups, for reuse
+	done     chan struct{}        // closed when the goroutine has stopped
+	err      error                // why it stopped (read after done is closed)
+	inFlight atomic.Int32         // groups handed over and not yet appended
+	finished chan struct{}        // signalled (buffer 1) each time a group is appended
 }
 
 type group struct {
@@ -402,7 +417,8 @@ const appendQueue = 2
 // startAppender starts the appender's goroutine; it stops when ctx ends or an append fails, and
 // appends nothing after a failure (the capture stops, and resumes from the journal).
 func (w *txWriter) startAppender(ctx context.Context) {
-	a := &appender{groups: make(chan group, appendQueue), free: make(chan []journal.Entry, appendQueue+1), done: make(chan struct{})}
+	a := &appender{groups: make(chan group, appendQueue), free: make(chan []journal.Entry, appendQueue+1), done: make(chan struct{}),
+		finished: make(chan struct{}, 1)}
 	w.app = a
 	go func() {
 		defer close(a.done)
@@ -423,6 +439,11 @@ func (w *txWriter) startAppender(ctx context.Context) {
 			if g.durable != nil {
 				close(g.durable)
 			}
+			a.inFlight.Add(-1)
+			select {
+			case a.finished <- struct{}{}:
+			default:
+			}
 			clear(g.es) // drop the rows' memory now
 			select {
 			case a.free <- g.es[:0]:
@@ -435,6 +456,7 @@ func (w *txWriter) startAppender(ctx context.Context) {
 // hand passes the queued group to the appender and starts a new one.
 func (w *txWriter) hand(ctx context.Context, durable chan struct{}) error {
 	a := w.app
+	a.inFlight.Add(1)
 	select {
 	case a.groups <- group{es: w.pending, commitTime: w.commitTime, durable: durable}:
 	case <-a.done:
@@ -589,9 +611,23 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 		w.begin(fmt.Sprintf("%d-%d-%d", e.GTID.DomainID, e.GTID.ServerID, e.GTID.SequenceNumber))
 	case *replication.GTIDEvent:
 		w.begin(fmt.Sprintf("%x:%d", e.SID, e.GNO))
+	case *replication.FormatDescriptionEvent:
+		w.checksumLen = 0
+		if e.ChecksumAlgorithm == replication.BINLOG_CHECKSUM_ALG_CRC32 {
+			w.checksumLen = replication.BinlogChecksumLength
+		}
 	case *replication.TableMapEvent:
 		if w.tables == nil {
 			w.tables = map[uint64]*tableSchema{}
+		}
+		// Every transaction maps its tables again, mostly with the very same event: decoding it
+		// again (maps of unsigned columns, collations, ...) took a tenth of the capture's CPU.
+		var body []byte
+		if n := len(ev.RawData) - w.checksumLen; n > replication.EventHeaderSize {
+			body = ev.RawData[replication.EventHeaderSize:n]
+		}
+		if prev := w.tables[e.TableID]; prev != nil && body != nil && bytes.Equal(prev.raw, body) {
+			break
 		}
 		if !w.c.cfg.Source.Tables.Selected(string(e.Schema), string(e.Table)) {
 			delete(w.tables, e.TableID)
@@ -602,6 +638,7 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 			return fmt.Errorf("%w: %v", ErrNotCapturable, err)
 		}
 		s.sync = w.c.cfg.Source.Tables.ModeOf(s.database, s.table) == policies.ModeSync
+		s.raw = bytes.Clone(body)
 		w.tables[e.TableID] = s
 		w.cols.tableMap(s, e)
 	case *replication.RowsEvent:
@@ -771,6 +808,9 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 		w.c.logger.Warn("statement not understood; journaled as DDL without a table", "gtid", w.gtid, "statement", truncate(stmt, 200))
 	}
 	w.snap.ddl(db, table, stmt)
+	for _, s := range w.tables {
+		s.raw = nil // the next map of each table is read anew (and its columns spelled again)
+	}
 	entry := journal.Entry{Op: journal.OpDDL, Database: db, Table: table, Statement: stmt}
 	if table != "" {
 		cols, known, err := w.cols.ddl(string(e.Schema), stmt)
