@@ -2,9 +2,6 @@ package applier
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
-	"fmt"
-	"math"
 
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/policies"
@@ -256,39 +253,16 @@ func rank(priority []string, site string) int {
 }
 
 // keyHash identifies a primary key in the row_clock table: SHA-256 over the key's column names
-// and values in a canonical form (integers by value whatever their signedness, so that INT at one
-// site and INT UNSIGNED at another agree).
+// and values in their canonical form (journal.Value.AppendCanonical: integers by value whatever
+// their signedness, so that INT at one site and INT UNSIGNED at another agree).
 func keyHash(key journal.Row) []byte {
 	h := sha256.New()
-	var n [8]byte
-	put := func(tag byte, b []byte) {
-		h.Write([]byte{tag})
-		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
-	}
+	var buf []byte
 	for _, f := range key {
-		put('n', []byte(f.Name))
-		v := f.Value
-		switch v.Kind {
-		case journal.KindNull:
-			put('0', nil)
-		case journal.KindInt:
-			if v.Int >= 0 {
-				put('u', fmt.Appendf(nil, "%d", v.Int))
-			} else {
-				put('i', fmt.Appendf(nil, "%d", v.Int))
-			}
-		case journal.KindUint, journal.KindBool:
-			put('u', fmt.Appendf(nil, "%d", v.Uint))
-		case journal.KindFloat32, journal.KindFloat64:
-			binary.BigEndian.PutUint64(n[:], math.Float64bits(v.Float))
-			put('f', n[:])
-		case journal.KindBytes:
-			put('b', v.Bytes)
-		default:
-			put('s', []byte(v.Str))
-		}
+		buf = journal.String(f.Name).AppendCanonical(buf[:0])
+		buf[0] = 'n' // the name's tag
+		buf = f.Value.AppendCanonical(buf)
+		h.Write(buf)
 	}
 	return h.Sum(nil)
 }

@@ -1,8 +1,10 @@
 package journal
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
+	"strconv"
 )
 
 // Op is what an entry does.
@@ -169,6 +171,36 @@ func (v Value) SQLArg() any {
 		return v.Bytes
 	default: // decimal, string, temporal, json
 		return v.Str
+	}
+}
+
+// AppendCanonical appends a form of v that does not depend on how a site typed it, for hashing
+// keys the same way at every site: a tag, the payload's length (8 bytes, big endian), the
+// payload. Integers count by value whatever their signedness (tag 'u' for non-negative, 'i' for
+// negative, decimal digits), booleans as unsigned integers, floats by their IEEE-754 bits ('f'),
+// bytes as they are ('b'), null as '0', every other kind by its text ('s').
+func (v Value) AppendCanonical(b []byte) []byte {
+	put := func(tag byte, payload []byte) []byte {
+		b = append(b, tag)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(payload)))
+		return append(b, payload...)
+	}
+	switch v.Kind {
+	case KindNull:
+		return put('0', nil)
+	case KindInt:
+		if v.Int >= 0 {
+			return put('u', strconv.AppendUint(nil, uint64(v.Int), 10))
+		}
+		return put('i', strconv.AppendInt(nil, v.Int, 10))
+	case KindUint, KindBool:
+		return put('u', strconv.AppendUint(nil, v.Uint, 10))
+	case KindFloat32, KindFloat64:
+		return put('f', binary.BigEndian.AppendUint64(nil, math.Float64bits(v.Float)))
+	case KindBytes:
+		return put('b', v.Bytes)
+	default:
+		return put('s', []byte(v.Str))
 	}
 }
 

@@ -3,5 +3,8 @@
 // owned and how ownership fails over. Policies are validated before they take effect; an invalid
 // policy changes nothing.
 //
-// Today: table replication rules (Tables), which the binlog capture uses to select tables.
+// Today: table rules (Tables: the mode, which the binlog capture uses to select tables, and the
+// conflict resolution, which the appliers use), and the ownership policy (Ownership: partitions,
+// placement, moves and drains, and the ownership map computed from the live sites), which nothing
+// uses yet (see docs/ownership.md).
 package policies
