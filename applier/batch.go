@@ -28,11 +28,16 @@ import (
 //     the queue is flushed, so that it reads what the run wrote.
 // A statement of the run that the target refuses (a constraint, a type) rolls the transaction
 // back, and the transaction is applied again entry by entry, which names the entry and applies
-// the error policy to it. Statement shapes are bucketed by powers of two so that the per-connection
-// cache of prepared statements stays small.
+// the error policy to it. Statement shapes above exactSizes rows are bucketed by powers of two so
+// that the per-connection cache of prepared statements stays small.
 
 // maxRunRows bounds the entries of one run's prefetch and of one multi-row statement.
 const maxRunRows = 128
+
+// exactSizes is the largest statement written for its exact count of rows: up to it, a
+// transaction's rows of one table and shape take one statement (and one round trip), at the
+// price of up to exactSizes prepared statements per shape.
+const exactSizes = 16
 
 // maxStmtBytes bounds the values of one multi-row statement (estimated).
 const maxStmtBytes = 1 << 20
@@ -370,8 +375,9 @@ func actionShape(a queued) string {
 	return fmt.Sprintf("%d\x00%s\x00%s\x00%s", a.act.Kind, a.e.Database, a.e.Table, rowShape(cols))
 }
 
-// chunks splits n items, each of the given estimated size, into statements of power-of-two sizes
-// of at most maxRunRows items and, where possible, maxStmtBytes.
+// chunks splits n items, each of the given estimated size, into statements of at most maxRunRows
+// items and, where possible, maxStmtBytes: of their exact count up to exactSizes items (one
+// statement for a small transaction), of power-of-two sizes above.
 func chunks(sizes []int) []int {
 	var out []int
 	for rest := sizes; len(rest) > 0; {
@@ -386,7 +392,9 @@ func chunks(sizes []int) []int {
 			}
 			n /= 2
 		}
-		n = 1 << (bits.Len(uint(n)) - 1) // down to a power of two
+		if n > exactSizes {
+			n = 1 << (bits.Len(uint(n)) - 1) // down to a power of two
+		}
 		out = append(out, n)
 		rest = rest[n:]
 	}

@@ -2,6 +2,7 @@ package applier
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -251,6 +252,26 @@ func TestKeyHash(t *testing.T) {
 	} {
 		if string(keyHash(pair[0])) == string(keyHash(pair[1])) {
 			t.Errorf("%v and %v hash the same", pair[0], pair[1])
+		}
+	}
+}
+
+func TestChunks(t *testing.T) {
+	small := func(n int) []int { return slices.Repeat([]int{100}, n) }
+	for _, c := range []struct {
+		sizes []int
+		want  []int
+	}{
+		{small(1), []int{1}},
+		{small(10), []int{10}},    // one statement for a small transaction
+		{small(16), []int{16}},    // exactSizes
+		{small(17), []int{16, 1}}, // above: powers of two
+		{small(100), []int{64, 32, 4}},
+		{small(300), []int{128, 128, 32, 12}},
+		{[]int{maxStmtBytes / 2, maxStmtBytes / 2, maxStmtBytes / 2}, []int{1, 2}}, // bounded by bytes
+	} {
+		if got := chunks(c.sizes); !slices.Equal(got, c.want) {
+			t.Errorf("chunks of %d items: %v, want %v", len(c.sizes), got, c.want)
 		}
 	}
 }
