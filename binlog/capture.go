@@ -532,8 +532,9 @@ func (w *txWriter) mark(ctx context.Context, why, position string) error {
 
 // queue adds entries to the group of the next append. Several small transactions share one
 // append (one journal batch: all or none), which amortizes the store's sync or lightweight
-// transaction; the group is appended once it holds ChunkEntries entries, when the binlog is
-// momentarily idle, or after groupDelay (see Run), so memory stays bounded.
+// transaction; the group is appended once it holds ChunkEntries entries, when no event is ready
+// and no append is in flight, when the append in flight ends, or after groupDelay (see
+// nextEvent), so memory stays bounded.
 // size is the encoded size of es, as add measured it (fields set at commit, a few bytes an entry,
 // are not counted: groupBytes is far below the journal's limit).
 func (w *txWriter) queue(ctx context.Context, es []journal.Entry, size int) error {
