@@ -1,7 +1,6 @@
 package binlog
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -356,8 +355,6 @@ type txWriter struct {
 	file   string // current binlog file
 	tables map[uint64]*tableSchema
 	cols   *columnTracker // the captured tables' columns, for DDL entries
-	// checksumLen is the length of the checksum that ends each event (format description).
-	checksumLen int
 	// The transaction being counted by the metrics and the tables it changed so far (used by
 	// whoever appends: see app).
 	metricTx     string
@@ -612,23 +609,9 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 		w.begin(fmt.Sprintf("%d-%d-%d", e.GTID.DomainID, e.GTID.ServerID, e.GTID.SequenceNumber))
 	case *replication.GTIDEvent:
 		w.begin(fmt.Sprintf("%x:%d", e.SID, e.GNO))
-	case *replication.FormatDescriptionEvent:
-		w.checksumLen = 0
-		if e.ChecksumAlgorithm == replication.BINLOG_CHECKSUM_ALG_CRC32 {
-			w.checksumLen = replication.BinlogChecksumLength
-		}
 	case *replication.TableMapEvent:
 		if w.tables == nil {
 			w.tables = map[uint64]*tableSchema{}
-		}
-		// Every transaction maps its tables again, mostly with the very same event: decoding it
-		// again (maps of unsigned columns, collations, ...) took a tenth of the capture's CPU.
-		var body []byte
-		if n := len(ev.RawData) - w.checksumLen; n > replication.EventHeaderSize {
-			body = ev.RawData[replication.EventHeaderSize:n]
-		}
-		if prev := w.tables[e.TableID]; prev != nil && body != nil && bytes.Equal(prev.raw, body) {
-			break
 		}
 		if !w.c.cfg.Source.Tables.Selected(string(e.Schema), string(e.Table)) {
 			delete(w.tables, e.TableID)
@@ -639,7 +622,6 @@ func (w *txWriter) event(ctx context.Context, ev *replication.BinlogEvent) error
 			return fmt.Errorf("%w: %v", ErrNotCapturable, err)
 		}
 		s.sync = w.c.cfg.Source.Tables.ModeOf(s.database, s.table) == policies.ModeSync
-		s.raw = bytes.Clone(body)
 		w.tables[e.TableID] = s
 		w.cols.tableMap(s, e)
 	case *replication.RowsEvent:
@@ -809,9 +791,6 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 		w.c.logger.Warn("statement not understood; journaled as DDL without a table", "gtid", w.gtid, "statement", truncate(stmt, 200))
 	}
 	w.snap.ddl(db, table, stmt)
-	for _, s := range w.tables {
-		s.raw = nil // the next map of each table is read anew (and its columns spelled again)
-	}
 	entry := journal.Entry{Op: journal.OpDDL, Database: db, Table: table, Statement: stmt}
 	if table != "" {
 		cols, known, err := w.cols.ddl(string(e.Schema), stmt)

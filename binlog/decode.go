@@ -27,7 +27,6 @@ type tableSchema struct {
 	pk              []int
 	version         uint64 // a hash of the above: changes when the table's shape changes
 	sync            bool   // the table's policy mode is sync
-	raw             []byte // the body of the TABLE_MAP event it was read from
 }
 
 // newTableSchema reads a TABLE_MAP event. It fails if the event lacks column names (the server
