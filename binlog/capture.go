@@ -358,7 +358,7 @@ type txWriter struct {
 	// The transaction being counted by the metrics and the tables it changed so far (used by
 	// whoever appends: see app).
 	metricTx     string
-	metricTables []string
+	metricTables []tableRef
 	gtid         string // current transaction's GTID ("" outside one)
 	index        uint32 // entries of the current transaction so far
 	buf          []journal.Entry
@@ -862,7 +862,7 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			database, table string
 			op              journal.Op
 		}
-		rows, txs, txTables := map[rowsOf]int{}, 0, map[string]int{}
+		rows, txs, txTables := map[rowsOf]int{}, 0, map[tableRef]int{}
 		for i := range es {
 			e := &es[i]
 			switch e.Op {
@@ -877,7 +877,7 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			if e.Tx.ID != w.metricTx {
 				w.metricTx, w.metricTables = e.Tx.ID, w.metricTables[:0]
 			}
-			if t := e.Database + "." + e.Table; e.Table != "" && !slices.Contains(w.metricTables, t) {
+			if t := (tableRef{e.Database, e.Table}); e.Table != "" && !slices.Contains(w.metricTables, t) {
 				w.metricTables = append(w.metricTables, t)
 			}
 			if e.Tx.Last {
@@ -889,7 +889,7 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			}
 		}
 		for t, n := range txTables {
-			cfg.Metrics.txt.WithLabelValues(cfg.Source.Name, t).Add(float64(n))
+			cfg.Metrics.txt.WithLabelValues(cfg.Source.Name, t.String()).Add(float64(n))
 		}
 		for k, n := range rows {
 			if k.op == journal.OpRead {
