@@ -55,6 +55,9 @@ type Deps struct {
 	State State
 	// Queues serves the work queue routes (/v1/queues). Nil: they answer 503 unavailable.
 	Queues Queues
+	// Ownership serves /v1/ownership and refuses row writes of partitions another site owns
+	// (409 not_owner). Nil: no ownership policy; every write is accepted here.
+	Ownership Ownership
 	// Status returns the status view served at /status as JSON (an error: 503). Nil: /status
 	// answers 503.
 	Status func(ctx context.Context) (any, error)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/ownership"
 	"github.com/musicd/musicd/state"
 	"github.com/musicd/musicd/state/queue"
 )
@@ -63,6 +64,7 @@ const (
 	codeExists           = "already_exists"
 	codeLeaseExpired     = "lease_expired"
 	codeNotHolder        = "not_holder"
+	codeNotOwner         = "not_owner"
 	codeConditionFailed  = "condition_failed"
 	codeBodyTooLarge     = "body_too_large"
 	codeLocked           = "locked"
@@ -85,7 +87,7 @@ type errorCode struct {
 // The locks sentinels are a safety net: the state service is expected to wrap them in its own.
 func errorTable() []errorCode {
 	return []errorCode{
-		{codeInvalid, http.StatusBadRequest, []error{state.ErrInvalid, locks.ErrInvalidName, locks.ErrInvalidRef, locks.ErrInvalidOptions},
+		{codeInvalid, http.StatusBadRequest, []error{state.ErrInvalid, ownership.ErrInvalid, locks.ErrInvalidName, locks.ErrInvalidRef, locks.ErrInvalidOptions},
 			"The request is malformed or names something invalid: bad JSON, an unknown field or column, a value of the wrong type, a bad identifier, parameter, header or page token. Nothing changed."},
 		{codeUnauthenticated, http.StatusUnauthorized, nil,
 			"Tokens are configured and the request has no `Authorization: Bearer` token, or an unknown one. The response carries `WWW-Authenticate`."},
@@ -101,6 +103,8 @@ func errorTable() []errorCode {
 			"The queue job's lease has run out: the job goes back to the queue (or to the dead letters), and this claim may no longer complete, release or extend it."},
 		{codeNotHolder, http.StatusConflict, []error{state.ErrNotHolder, locks.ErrNotHeld, locks.ErrLockLost},
 			"A critical operation or a lock call came from a lock reference that does not hold the key's lock (never did, released, expired, forced out, or fenced by a newer holder); or a queue call came with a token that does not hold the job (another claim, completed, released), or would change or delete a job a worker has claimed."},
+		{codeNotOwner, http.StatusConflict, nil,
+			"The row belongs to an ownership partition that another site owns: `partition` names it and `owner` its owner (site, instance, address, epoch). Send the write there. Nothing changed."},
 		{codeConditionFailed, http.StatusPreconditionFailed, []error{state.ErrConditionFailed},
 			"A compare-and-set found another version (`If-Match`), an existing row (`If-None-Match: *`), no row, or other column values (`if`). Nothing changed."},
 		{codeBodyTooLarge, http.StatusRequestEntityTooLarge, nil,
@@ -120,6 +124,9 @@ type apiError struct {
 	code    string
 	msg     string
 	holders []state.LockHolder
+	// partition and owner: a not_owner error's partition and its owner.
+	partition string
+	owner     *ownership.Owner
 	// invalidToken adds error="invalid_token" to WWW-Authenticate.
 	invalidToken bool
 	// cause is logged for internal errors; never shown to the client.
@@ -163,6 +170,9 @@ type errorBody struct {
 	Code    string       `json:"code"`
 	Message string       `json:"message"`
 	Holders []holderJSON `json:"holders,omitempty"`
+	// Partition and Owner: not_owner only.
+	Partition string           `json:"partition,omitempty"`
+	Owner     *ownership.Owner `json:"owner,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
@@ -182,6 +192,7 @@ func writeAPIError(w http.ResponseWriter, e *apiError) {
 	if e.code == codeLocked {
 		body.Holders = holdersJSON(e.holders)
 	}
+	body.Partition, body.Owner = e.partition, e.owner
 	writeJSON(w, e.status, body)
 }
 
@@ -266,7 +277,7 @@ func (s *Server) v1Routes() []v1Route {
 		{pattern: "POST /v1/locks/{ref}/acquire", h: s.acquireLock, params: []string{paramWait}},
 		{pattern: "POST /v1/locks/{ref}/renew", h: s.renewLock},
 		{pattern: "DELETE /v1/locks/{ref}", h: s.releaseLock, params: []string{paramForce}},
-	}, s.queueRoutes()...)
+	}, append(s.queueRoutes(), s.ownershipRoutes()...)...)
 }
 
 var requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
@@ -971,6 +982,9 @@ func (s *Server) write(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	var err error
 	if req.If, err = condition(r, t, body.If); err != nil {
+		return err
+	}
+	if err := s.checkOwner(t.Keyspace, t.Name, key); err != nil {
 		return err
 	}
 	res, err := s.state.Write(ctx, req)

@@ -23,6 +23,8 @@ import (
 	"github.com/musicd/musicd/internal/testenv"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/ownership"
+	"github.com/musicd/musicd/policies"
 	"github.com/musicd/musicd/state"
 	"github.com/musicd/musicd/state/queue"
 )
@@ -496,6 +498,32 @@ func itScenario() []itStep {
 		{name: "release: lease given", method: "POST", path: itQueues + "/jobs/jobs/order-1/release", body: `{"token":"${tok5}","lease":"1s"}`, want: 400, code: codeInvalid},
 		{name: "nothing due", method: "POST", path: itQueues + "/jobs/claim", want: 204},
 
+		// ---- ownership: "here" (events) is a's, "there" (remote) is b's (see startOwnership) ----
+		{name: "ownership view", method: "GET", path: "/v1/ownership", hdr: asReader, want: 200,
+			check: itAll(jsonIs("site", "a"), jsonIs("partitions.0.partition", "here"), jsonIs("partitions.0.owner.site", "a"),
+				jsonIs("partitions.1.owner.site", "b"), jsonIs("partitions.1.desired", "b"))},
+		{name: "create table remote", method: "POST", path: "/v1/keyspaces/${ks}/tables",
+			body: `{"name":"remote","columns":[{"name":"id","type":"text"},{"name":"v","type":"text"}],"partition_key":["id"]}`, want: 201},
+		{name: "write at a non-owner", method: "PUT", path: "/v1/keyspaces/${ks}/tables/remote/rows/r1", body: `{"values":{"v":"x"}}`,
+			want: 409, code: codeNotOwner, check: itAll(jsonIs("partition", "there"), jsonIs("owner.site", "b"), jsonIs("owner.address", "b.it:8080"))},
+		{name: "the refused write changed nothing", method: "GET", path: "/v1/keyspaces/${ks}/tables/remote/rows/r1", want: 404, code: codeNotFound},
+		{name: "move by a reader", method: "PUT", path: "/v1/ownership/moves/there", body: `{"site":"a"}`, hdr: asReader, want: 403, code: codeForbidden},
+		{name: "move to an unknown site", method: "PUT", path: "/v1/ownership/moves/there", body: `{"site":"zz"}`, want: 400, code: codeInvalid},
+		{name: "move of an unknown partition", method: "PUT", path: "/v1/ownership/moves/nowhere", body: `{"site":"a"}`, want: 400, code: codeInvalid},
+		{name: "move there to a", method: "PUT", path: "/v1/ownership/moves/there", body: `{"site":"a"}`, want: 202, check: jsonIs("site", "a")},
+		{name: "a serves there", action: func(t *testing.T, e *itEnv) {
+			testenv.WaitFor(t, 30*time.Second, "a to serve there", func() bool { return e.serves("a", "there") })
+		}},
+		{name: "write at the new owner", method: "PUT", path: "/v1/keyspaces/${ks}/tables/remote/rows/r1", body: `{"values":{"v":"x"}}`, want: 200},
+		{name: "undo the move", method: "DELETE", path: "/v1/ownership/moves/there", want: 202},
+		{name: "drain b", method: "PUT", path: "/v1/ownership/drains/b", want: 202},
+		{name: "undrain b", method: "DELETE", path: "/v1/ownership/drains/b", want: 202},
+		{name: "b serves there again", action: func(t *testing.T, e *itEnv) {
+			testenv.WaitFor(t, 30*time.Second, "b to serve there again", func() bool { return e.serves("b", "there") })
+		}},
+		{name: "write at the old owner again", method: "PUT", path: "/v1/keyspaces/${ks}/tables/remote/rows/r1", body: `{"values":{"v":"y"}}`,
+			want: 409, code: codeNotOwner},
+
 		// ---- 503: the eventual log of a second daemon is not elected ----
 		// The second daemon has the same state Instance as the first, so its eventual log is the
 		// same journal stream, whose single writer is elected through the lock service: the
@@ -702,7 +730,9 @@ type itEnv struct {
 	down func(t *testing.T)
 	// queues is the work queue's store, shared by the daemons.
 	queues queue.Store
-	reqID  int
+	// ownA is the first daemon's ownership node (site a); site b has a node without a server.
+	ownA  *ownership.Node
+	reqID int
 
 	mu  sync.Mutex
 	log []itRecord
@@ -801,7 +831,7 @@ func newITEnv(mode string) *itEnv {
 
 // serve starts the state service (until the test ends) and an API server on it with the
 // scenario's tokens; it returns the server's base URL.
-func (e *itEnv) serve(t *testing.T, cfg state.Config, deps state.Deps, logs io.Writer) (string, *Server) {
+func (e *itEnv) serve(t *testing.T, cfg state.Config, deps state.Deps, logs io.Writer, own Ownership) (string, *Server) {
 	t.Helper()
 	svc, err := state.New(cfg, deps)
 	if err != nil {
@@ -834,7 +864,8 @@ func (e *itEnv) serve(t *testing.T, cfg state.Config, deps state.Deps, logs io.W
 		defer wg.Done()
 		_ = qsvc.Run(ctx)
 	}()
-	srv, err := NewServer(acfg, Deps{Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: prometheus.NewRegistry(), State: svc, Queues: qsvc})
+	srv, err := NewServer(acfg, Deps{Logger: slog.New(slog.NewTextHandler(logs, nil)), Registry: prometheus.NewRegistry(), State: svc, Queues: qsvc,
+		Ownership: own})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -857,13 +888,51 @@ func (e *itEnv) serve(t *testing.T, cfg state.Config, deps state.Deps, logs io.W
 	return "http://" + ln.Addr().String(), srv
 }
 
+// startOwnership runs the ownership nodes of sites a (the first daemon's) and b on the state's
+// lock service and journal, with the partition "here" (table ${ks}.events) pinned to a and
+// "there" (${ks}.remote) pinned to b, and waits until each serves its partition.
+func (e *itEnv) startOwnership(t *testing.T) {
+	t.Helper()
+	pol := policies.Ownership{Sites: []string{"a", "b"}, FailoverGrace: time.Second, Partitions: []policies.PartitionSet{
+		{Name: "here", Tables: []string{e.vars["ks"] + ".events"}, Placement: policies.Placement{Mode: policies.PlacePinned, Sites: []string{"a"}}},
+		{Name: "there", Tables: []string{e.vars["ks"] + ".remote"}, Placement: policies.Placement{Mode: policies.PlacePinned, Sites: []string{"b"}}},
+	}}
+	nodes := map[string]*ownership.Node{}
+	for _, site := range []string{"a", "b"} {
+		n, err := ownership.New(ownership.Config{Site: site, Instance: site + "-it", Address: site + ".it:8080", Policy: pol, Poll: 200 * time.Millisecond},
+			ownership.Deps{Locks: e.deps.Locks, Journal: e.deps.Journal, Logger: itDiscard()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = n.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		nodes[site] = n
+	}
+	e.ownA = nodes["a"]
+	testenv.WaitFor(t, 30*time.Second, "a to serve here and b there", func() bool {
+		return e.serves("a", "here") && e.serves("b", "there")
+	})
+}
+
+// serves reports whether the first daemon's view shows site serving partition p.
+func (e *itEnv) serves(site, p string) bool {
+	for _, pv := range e.ownA.View().Partitions {
+		if pv.Partition == p {
+			return pv.Owner != nil && pv.Owner.Site == site && (site != "a" || pv.State == "serving")
+		}
+	}
+	return false
+}
+
 // startTwin starts a second daemon on the same dependencies with the same state Instance and a
 // short op_timeout (see the scenario). The first daemon's eventual log has acknowledged writes
 // by now, so it leads the election of the one shard: the twin's writer only campaigns.
 func (e *itEnv) startTwin(t *testing.T) {
 	cfg := e.scfg
 	cfg.OpTimeout = 500 * time.Millisecond
-	e.twin, _ = e.serve(t, cfg, e.deps, e.logs)
+	e.twin, _ = e.serve(t, cfg, e.deps, e.logs, nil)
 }
 
 func newEmbeddedIT(t *testing.T) *itEnv {
@@ -891,7 +960,8 @@ func newEmbeddedIT(t *testing.T) *itEnv {
 	e.queues = qstore
 	e.scfg = itStateConfig()
 	e.deps = state.Deps{Backend: backend, Journal: store, Locks: lockSvc, Clock: journal.NewClock(time.Now, 0), Logger: itDiscard()}
-	e.base, e.srv = e.serve(t, e.scfg, e.deps, e.logs)
+	e.startOwnership(t)
+	e.base, e.srv = e.serve(t, e.scfg, e.deps, e.logs, e.ownA)
 	// In embedded mode the lock service is in-process: the dependency that goes down is that
 	// service, closed under the running daemons as at shutdown. Every operation that needs a
 	// lock then fails with locks.ErrClosed, which must be 503.
@@ -930,7 +1000,8 @@ func newDistributedIT(t *testing.T) *itEnv {
 	e.queues = qstore
 	e.scfg = itStateConfig()
 	e.deps = deps
-	e.base, e.srv = e.serve(t, e.scfg, e.deps, e.logs)
+	e.startOwnership(t)
+	e.base, e.srv = e.serve(t, e.scfg, e.deps, e.logs, e.ownA)
 	// In distributed mode the daemon's journal and backend share its own Cassandra session:
 	// closing it takes Cassandra away from the daemon for real (the driver answers
 	// ErrSessionClosed, as it would with no node reachable), while ZooKeeper stays up.

@@ -235,6 +235,60 @@ func (a *Applier) waitLocal(ctx context.Context) {
 	}
 }
 
+// CatchUp waits until the target has applied every followed stream of the other sites up to the
+// head it has now (read when CatchUp is called): the wait of a new owner before it serves
+// (DESIGN.md invariant 6). It reads the positions the target itself records (invariant 4), so it
+// holds whichever instance of the site runs the applier. It fails when ctx ends first, or when a
+// stream this instance applies has stopped on an error (what it has not applied cannot be caught
+// up without an operator).
+func (a *Applier) CatchUp(ctx context.Context) error {
+	heads := make(map[string]uint64, len(a.cfg.Streams))
+	for _, s := range a.cfg.Streams {
+		h, err := a.store.Head(ctx, s)
+		if err != nil {
+			return fmt.Errorf("catch up: head of %s: %w", s, err)
+		}
+		heads[s] = h.Seq
+		a.Notify(s, h.Seq)
+	}
+	t, err := connect(ctx, &a.cfg)
+	if err != nil {
+		return fmt.Errorf("catch up: %w", err)
+	}
+	defer t.close()
+	wait := 20 * time.Millisecond
+	for {
+		var behind string
+		var at uint64
+		for _, s := range a.cfg.Streams {
+			pos, err := t.position(s)
+			var me *mysql.MyError
+			if errors.As(err, &me) && me.Code == mysql.ER_NO_SUCH_TABLE {
+				pos, err = 0, nil // no applier has run against this target yet
+			}
+			if err != nil {
+				return fmt.Errorf("catch up: position of %s: %w", s, err)
+			}
+			if pos < heads[s] {
+				behind, at = s, pos
+				break
+			}
+		}
+		if behind == "" {
+			return nil
+		}
+		if st := a.workers[behind].status(); st.Stopped {
+			return fmt.Errorf("catch up: stream %s stopped at %d of %d: %w", behind, st.Applied, heads[behind], st.Err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("catch up: stream %s at %d of %d: %w", behind, at, heads[behind], ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, time.Second)
+	}
+}
+
 // worker follows one stream. Its goroutine owns the connection and the in-memory position.
 type worker struct {
 	a      *Applier

@@ -587,3 +587,44 @@ func TestConflictResolutionByTablePolicy(t *testing.T) {
 		t.Errorf("conflicts %v, want %v", got, want)
 	}
 }
+
+// CatchUp returns once the target holds every entry journaled before the call, whichever
+// instance applies: here the instance that waits does not run the applier itself (another one
+// does, as when a site's applier is elected apart from the instance that won a partition).
+func TestCatchUp(t *testing.T) {
+	db, a, b, store, stream, notify := captureAtoB(t)
+	a.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
+	for i := range 20 {
+		var qs []string
+		for k := range 50 {
+			qs = append(qs, fmt.Sprintf("INSERT INTO %s.t VALUES (%d, 'r')", db, i*50+k))
+		}
+		a.tx(qs...)
+	}
+	waitJournaled(t, store, stream, "t", 1000)
+	cfg := testConfig(t, b, stream)
+	waiter, err := New(cfg, store, discard(), nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	err = waiter.CatchUp(ctx)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("CatchUp with no applier running: %v, want a deadline error", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		done <- waiter.CatchUp(ctx)
+	}()
+	app := startApplier(t, cfg, store, nil)
+	notify.Store(app.a)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count("SELECT COUNT(*) FROM " + db + ".t"); n != 1000 {
+		t.Errorf("after CatchUp the target holds %d of 1000 rows", n)
+	}
+}

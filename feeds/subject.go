@@ -111,6 +111,13 @@ func (s Subjects) Ownership(partition string) string {
 	return s.Prefix + ".ownership." + EscapeToken(partition)
 }
 
+// OwnershipMap is the subject of a new ownership map: the partition token "%", which no
+// partition's name escapes to.
+func (s Subjects) OwnershipMap() string { return s.Ownership("") }
+
+// OwnershipAll is the wildcard that matches every ownership announcement.
+func (s Subjects) OwnershipAll() string { return s.Prefix + ".ownership.>" }
+
 // Conflicts is the subject of a conflict in database.table.
 func (s Subjects) Conflicts(database, table string) string {
 	return s.Prefix + ".conflicts." + EscapeToken(database) + "." + EscapeToken(table)

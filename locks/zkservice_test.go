@@ -8,7 +8,6 @@ import (
 	"net"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -104,47 +103,14 @@ func TestZooKeeperServerRestart(t *testing.T) {
 	mustRelease(t, s1, c)
 }
 
-// cutDialer is a dialer whose network the test can cut: open connections close and new ones are
-// refused until it is mended.
-type cutDialer struct {
-	mu    sync.Mutex
-	cut   bool
-	conns []net.Conn
-}
-
-func (d *cutDialer) dial(network, addr string, timeout time.Duration) (net.Conn, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.cut {
-		return nil, errors.New("network cut by the test")
-	}
-	c, err := net.DialTimeout(network, addr, timeout)
-	if err == nil {
-		d.conns = append(d.conns, c)
-	}
-	return c, err
-}
-
-func (d *cutDialer) setCut(cut bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.cut = cut
-	if cut {
-		for _, c := range d.conns {
-			_ = c.Close()
-		}
-		d.conns = nil
-	}
-}
-
 // A holder whose session expires is told its lock is lost; the waiter on another daemon is
 // granted with PreviousUnclean; once reconnected, the old reference reports ErrLockLost and the
 // service works again on its new session.
 func TestZooKeeperSessionExpiry(t *testing.T) {
 	addr := testenv.ZooKeeper(t)
 	root := "/" + testenv.UniqueName("musicd-test-locks-")
-	d := &cutDialer{}
-	s1 := zkTestService(t, addr, root, 4*time.Second, d.dial)
+	d := &testenv.CutDialer{}
+	s1 := zkTestService(t, addr, root, 4*time.Second, d.Dial)
 	s2 := zkTestService(t, addr, root, 10*time.Second, nil)
 	name := "expiry"
 	a := mustRef(t, s1, name, RefOptions{}) // no lease: only the session keeps it
@@ -153,7 +119,7 @@ func TestZooKeeperSessionExpiry(t *testing.T) {
 	ch := acquireAsync(t, s2, b)
 	notGranted(t, ch)
 
-	d.setCut(true)
+	d.SetCut(true)
 	select {
 	case <-ga.Lost():
 	case <-time.After(20 * time.Second):
@@ -163,7 +129,7 @@ func TestZooKeeperSessionExpiry(t *testing.T) {
 	if !gb.PreviousUnclean || gb.Token <= ga.Token {
 		t.Errorf("grant after a lost session: %+v (previous token %d)", gb, ga.Token)
 	}
-	d.setCut(false)
+	d.SetCut(false)
 
 	ctx := tctx(t, 30*time.Second)
 	if err := s1.Release(ctx, a); !errors.Is(err, ErrLockLost) {

@@ -12,6 +12,7 @@ import (
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/ownership"
 	"github.com/musicd/musicd/state"
 	"github.com/musicd/musicd/state/queue"
 )
@@ -44,6 +45,8 @@ type Config struct {
 	Sources []binlog.SourceConfig `yaml:"sources"`
 	// Appliers mirror other sites' streams into local databases (config file only).
 	Appliers []applier.Config `yaml:"appliers"`
+	// Ownership is the ownership policy (partitions, placement, failover) and its hooks.
+	Ownership ownership.Settings `yaml:"ownership"`
 }
 
 // LogConfig configures the structured log written to standard error.
@@ -66,6 +69,7 @@ func DefaultConfig() Config {
 		State:           state.DefaultConfig(),
 		Queue:           queue.DefaultConfig(),
 		ZooKeeper:       locks.DefaultZooKeeperConfig(),
+		Ownership:       ownership.DefaultSettings(),
 	}
 }
 
@@ -157,6 +161,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("sources[%d].name: %q is used twice", i, s.Name)
 		}
 		seen[s.Name] = true
+	}
+	if err := c.Ownership.Validate(c.Site); err != nil {
+		return fmt.Errorf("ownership.%w", err)
 	}
 	targets := map[string]bool{}
 	for i, a := range c.Appliers {

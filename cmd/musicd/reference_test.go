@@ -83,6 +83,24 @@ See [applier.md](applier.md) for the model and every key; the main ones:
 | ` + "`ddl`" + ` | ` + "`apply`" + ` (default) or ` + "`stop`" + ` |
 | ` + "`on_error`" + ` | ` + "`stop`" + ` (default) or ` + "`dead_letter`" + ` |
 | ` + "`meta_database`" + ` | where the applier keeps positions, row clocks and dead letters (default ` + "`musicd_applier`" + `) |
+
+## Ownership partitions and moves (file only)
+
+` + "`ownership.partitions`" + ` is a list of partition sets; with none, ownership is off and every site
+accepts every write. See [ownership.md](ownership.md) for the model.
+
+| key | meaning |
+|---|---|
+| ` + "`name`" + ` | the set's name (1-64 of a-z, 0-9, _, . and -); its partitions are ` + "`<name>`" + `, ` + "`<name>/<bucket>`" + ` or ` + "`<name>/<prefix>`" + ` |
+| ` + "`tables`" + ` | exact ` + "`database.table`" + ` names (for keyed state: ` + "`keyspace.table`" + `); a table belongs to at most one set |
+| ` + "`hash`" + ` | ` + "`{columns, buckets}`" + `: rows cut by a hash of these key columns into 1-4096 partitions |
+| ` + "`prefix`" + ` | ` + "`{column, prefixes}`" + `: rows cut by the longest listed prefix of the key column's text (` + "`<name>/*`" + ` for none) |
+| ` + "`placement`" + ` | ` + "`{mode, sites}`" + `: ` + "`preferred`" + ` (the first live site of ` + "`sites`" + `), ` + "`spread`" + ` (evenly over the live sites of ` + "`sites`" + `, default all) or ` + "`pinned`" + ` (one site; never fails over) |
+
+` + "`ownership.moves`" + ` maps a partition to the site it is moved to (a manual move). Moves and
+drains from the configuration apply until the REST API (` + "`PUT /v1/ownership/moves/{partition}`" + `,
+` + "`PUT /v1/ownership/drains/{site}`" + `) changes them; from then on the journal stream
+` + "`ownership/policy`" + ` holds the ones in force.
 `)
 	return b.String()
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/ownership"
 	"github.com/musicd/musicd/state"
 	"github.com/musicd/musicd/state/queue"
 )
@@ -353,8 +354,61 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	closers = append(closers, func() { _ = qsub.Unsubscribe() })
 	spawn("queue reaper", queueSvc.Run)
 
+	// Ownership: every instance takes part (presence, controller election, the partitions the
+	// map gives its site); a new owner serves only once its appliers caught up.
+	var own *ownership.Node
+	if cfg.Ownership.Enabled() {
+		addr := cfg.Ownership.Address
+		if addr == "" {
+			addr = ln.Addr().String()
+		}
+		hooks := ownership.NewHooks(cfg.Ownership.Hooks, logger)
+		ocfg := ownership.Config{Site: cfg.Site, Instance: instance, Address: addr, Policy: cfg.Ownership.Policy(cfg.Site)}
+		if cfg.Mode == modeDistributed {
+			// Confirmed within half the session timeout, an owner stops accepting before its
+			// session can expire and another site take over.
+			ocfg.Lease = cfg.ZooKeeper.SessionTimeout / 2
+		}
+		own, err = ownership.New(ocfg,
+			ownership.Deps{Locks: lockSvc, Journal: store, Logger: logger, Registerer: reg,
+				CatchUp: func(ctx context.Context, _ string, _ uint64, _ bool) error {
+					for _, a := range appliers {
+						if err := a.CatchUp(ctx); err != nil {
+							return err
+						}
+					}
+					return nil
+				},
+				OnEvent: func(ev ownership.Event) {
+					subject := subjects.OwnershipMap()
+					if ev.Partition != "" {
+						subject = subjects.Ownership(ev.Partition)
+					}
+					body, err := json.Marshal(ev)
+					if err == nil {
+						err = nc.NC.Publish(subject, body)
+					}
+					if err != nil {
+						logger.Warn("publishing an ownership change", "err", err)
+					}
+					hooks.Handle(ev)
+				}})
+		if err != nil {
+			return err
+		}
+		osub, err := nc.NC.Subscribe(subjects.OwnershipAll(), func(*nats.Msg) { own.Wake() })
+		if err != nil {
+			return fmt.Errorf("nats: subscribe to ownership changes: %w", err)
+		}
+		closers = append(closers, func() { _ = osub.Unsubscribe() })
+		spawn("ownership", own.Run)
+		if hooks.Enabled() {
+			spawn("ownership hooks", hooks.Run)
+		}
+	}
+
 	status := &statusSource{site: cfg.Site, instance: instance, mode: cfg.Mode, store: store, relay: relay,
-		captures: captures, sourceNames: sourceNames, appliers: appliers, targets: targets}
+		captures: captures, sourceNames: sourceNames, appliers: appliers, targets: targets, ownership: own}
 	if elector != nil {
 		status.observer = lockSvc
 		for _, c := range captures {
@@ -364,9 +418,12 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 			status.elections = append(status.elections, applierElection(cfg.Site, t))
 		}
 		status.elections = append(status.elections, "feeds.sweeper", queue.ReaperElection)
+		if own != nil {
+			status.elections = append(status.elections, ownership.ControllerElection)
+		}
 	}
 	srv, err := api.NewServer(cfg.API, api.Deps{Logger: logger, Registry: reg, Checks: checks, Build: build, State: stateSvc,
-		Queues: queueSvc, Status: status.status})
+		Queues: queueSvc, Status: status.status, Ownership: ownershipAPI(own)})
 	if err != nil {
 		return err
 	}
@@ -431,3 +488,11 @@ func instanceID(site string) string { return fmt.Sprintf("%s-%d", site, os.Getpi
 
 // applierElection is the election among a site's instances of the applier into target.
 func applierElection(site, target string) string { return "applier." + site + "." + target }
+
+// ownershipAPI is own for the API: a nil interface when there is no policy.
+func ownershipAPI(own *ownership.Node) api.Ownership {
+	if own == nil {
+		return nil
+	}
+	return own
+}

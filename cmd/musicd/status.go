@@ -12,6 +12,7 @@ import (
 	"github.com/musicd/musicd/feeds"
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/locks"
+	"github.com/musicd/musicd/ownership"
 )
 
 // The status view (GET /status): what a person needs at a glance to see whether a site works and
@@ -26,7 +27,9 @@ type statusView struct {
 	Elections []electionStatus `json:"elections,omitempty"`
 	Sources   []sourceStatus   `json:"sources"`
 	Appliers  []applierStatus  `json:"appliers"`
-	Errors    []string         `json:"errors,omitempty"` // parts that could not be read
+	// Ownership is the ownership map as this instance knows it (absent without a policy).
+	Ownership *ownership.View `json:"ownership,omitempty"`
+	Errors    []string        `json:"errors,omitempty"` // parts that could not be read
 }
 
 type electionStatus struct {
@@ -79,11 +82,16 @@ type statusSource struct {
 	targets              []string
 	elections            []string
 	observer             locks.Service
+	ownership            *ownership.Node
 }
 
 func (s *statusSource) status(ctx context.Context) (any, error) {
 	v := statusView{Site: s.site, Instance: s.instance, Mode: s.mode, Time: time.Now().UTC(),
 		Sources: []sourceStatus{}, Appliers: []applierStatus{}}
+	if s.ownership != nil {
+		ov := s.ownership.View()
+		v.Ownership = &ov
+	}
 	var mu sync.Mutex
 	fail := func(what string, err error) {
 		mu.Lock()
