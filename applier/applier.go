@@ -256,7 +256,7 @@ func (a *Applier) CatchUp(ctx context.Context) error {
 		return fmt.Errorf("catch up: %w", err)
 	}
 	defer t.close()
-	wait := 20 * time.Millisecond
+	wait := 5 * time.Millisecond
 	for {
 		var behind string
 		var at uint64
@@ -277,15 +277,23 @@ func (a *Applier) CatchUp(ctx context.Context) error {
 		if behind == "" {
 			return nil
 		}
-		if st := a.workers[behind].status(); st.Stopped {
+		// Woken by this instance's own progress on the stream when it applies it; otherwise
+		// (another instance applies) by polling the target, at most 100 ms apart.
+		progressed, _, stopped := a.workers[behind].progress()
+		if stopped {
+			st := a.workers[behind].status()
 			return fmt.Errorf("catch up: stream %s stopped at %d of %d: %w", behind, st.Applied, heads[behind], st.Err)
 		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return fmt.Errorf("catch up: stream %s at %d of %d: %w", behind, at, heads[behind], ctx.Err())
-		case <-time.After(wait):
+		case <-progressed:
+		case <-t.C:
 		}
-		wait = min(wait*2, time.Second)
+		t.Stop()
+		wait = min(wait*2, 100*time.Millisecond)
 	}
 }
 

@@ -195,7 +195,7 @@ func (w *writer) run(ctx context.Context, n *testNode, store journal.Store) {
 	}
 }
 
-func zkService(t *testing.T, root string, session time.Duration, d *testenv.CutDialer) locks.Service {
+func zkService(t testing.TB, root string, session time.Duration, d *testenv.CutDialer) locks.Service {
 	t.Helper()
 	cfg := locks.DefaultZooKeeperConfig()
 	cfg.Servers = []string{testenv.ZooKeeper(t)}
@@ -223,7 +223,7 @@ func zkService(t *testing.T, root string, session time.Duration, d *testenv.CutD
 	return s
 }
 
-func cassandraStore(t *testing.T) journal.Store {
+func cassandraStore(t testing.TB) journal.Store {
 	t.Helper()
 	ccfg := journal.DefaultCassandraConfig()
 	ccfg.ContactPoints = []string{testenv.Cassandra(t)}
