@@ -275,7 +275,11 @@ for svc in "${to_start[@]}"; do
     mariadb-a | mariadb-b)
       n=${svc#mariadb-}
       prepare_mariadb "$n"
-      if [[ $n == a ]]; then args=(a "$MUSIC_DEV_MARIADB_A_PORT" 1 1); else args=(b "$MUSIC_DEV_MARIADB_B_PORT" 2 2); fi
+      if [[ $n == a ]]; then
+        args=(a "$MUSIC_DEV_MARIADB_A_PORT" "$MUSIC_DEV_MARIADB_A_SERVER_ID" "$MUSIC_DEV_MARIADB_A_GTID_DOMAIN")
+      else
+        args=(b "$MUSIC_DEV_MARIADB_B_PORT" "$MUSIC_DEV_MARIADB_B_SERVER_ID" "$MUSIC_DEV_MARIADB_B_GTID_DOMAIN")
+      fi
       if [[ -e $MUSIC_DEV_RUN_DIR/$svc/.installed ]]; then
         start_mariadb "${args[@]}" || failed[$svc]="launch failed"
       else
