@@ -126,7 +126,7 @@ func (s *Server) musicRoutes() []musicRoute {
 // 500) when a dependency is down, so that clients and load balancers can retry.
 func musicStatus(code string) int {
 	switch code {
-	case codeInvalid, codeNotFound, codeExists, codeNotHolder, codeConditionFailed, codeLocked:
+	case codeInvalid, codeNotFound, codeExists, codeNotHolder, codeNotOwner, codeConditionFailed, codeLocked:
 		return http.StatusBadRequest
 	case codeUnauthenticated, codeForbidden:
 		return http.StatusUnauthorized

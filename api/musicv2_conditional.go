@@ -149,6 +149,9 @@ func (s *Server) musicCAS(w http.ResponseWriter, r *http.Request, c *call, inser
 	if err != nil {
 		return err
 	}
+	if err := s.checkOwner(t.Keyspace, t.Name, m.key); err != nil {
+		return err
+	}
 	for attempt := 0; attempt < musicCASAttempts; attempt++ {
 		cons := state.Eventual
 		if attempt > 0 {

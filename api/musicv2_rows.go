@@ -248,6 +248,9 @@ func (s *Server) musicWrite(ctx context.Context, c *call, t state.Table, key jou
 	if err != nil {
 		return 0, err
 	}
+	if err := s.checkOwner(t.Keyspace, t.Name, key); err != nil {
+		return 0, err
+	}
 	_, err = s.state.Write(ctx, state.WriteRequest{Keyspace: t.Keyspace, Table: t.Name, Key: key, Op: op, Values: values,
 		Consistency: cons.c, Lock: cons.lock, If: cond, RequestID: c.reqID})
 	return cons.c, err

@@ -196,6 +196,13 @@ func musicScenario() []mStep {
 			keys: mOK, fields: mF("status", "SUCCESS", "message", "Index Created on ${ks}.employees.emp_salary")},
 		{name: "create index: unknown column", method: "POST", path: mEmp + "/index/nope?index_name=x", want: 400, keys: mFail, errHas: "no column"},
 
+		// ---- ownership: ${ks}.remote is site b's (see itEnv.startOwnership) ----
+		{name: "create table remote", method: "POST", path: mks + "/tables/remote",
+			body: `{"fields": {"id": "text", "v": "text", "PRIMARY KEY": "(id)"}, "consistencyInfo": {"type": "eventual"}}`, want: 200, keys: mOK},
+		{name: "insert at a non-owner", method: "POST", path: mks + "/tables/remote/rows", body: `{"values": {"id": "r1", "v": "x"}, "consistencyInfo": {"type": "eventual"}}`,
+			want: 400, keys: mFail, errHas: "owned by site b (b.it:8080)"},
+		{name: "the refused insert changed nothing", method: "GET", path: mks + "/tables/remote/rows?id=r1", want: 200, keys: mNoRows},
+
 		// ---- rows, eventual ----
 		{name: "insert joe (eventual)", method: "POST", path: mEmp + "/rows", body: mInsertJoe, want: 200,
 			keys: mOK, fields: mF("status", "SUCCESS", "message", "Insert Successful")},

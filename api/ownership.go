@@ -109,7 +109,7 @@ func (s *Server) checkOwner(keyspace, table string, key journal.Row) error {
 			msg: fmt.Sprintf("this instance cannot serve partition %s now (%s: taking it over, handing it over, or its ZooKeeper session unconfirmed); retry shortly", rt.Partition, rt.State)}
 	case rt.Owner == nil:
 		return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable,
-			msg: fmt.Sprintf("partition %s has no owner now (a failover or a move is in progress); retry shortly", rt.Partition)}
+			msg: fmt.Sprintf("partition %s has no owner this instance can vouch for now (a failover or a move is in progress, or its ZooKeeper session is unconfirmed); retry shortly", rt.Partition)}
 	}
 	return &apiError{status: http.StatusConflict, code: codeNotOwner, partition: rt.Partition, owner: rt.Owner,
 		msg: fmt.Sprintf("partition %s is owned by site %s (%s)", rt.Partition, rt.Owner.Site, rt.Owner.Address)}

@@ -746,7 +746,7 @@ func (tx *txState) conflict(e *journal.Entry, d Decision, target TargetRowState)
 	tx.conflicts = append(tx.conflicts, Conflict{
 		Stream: e.Stream, Seq: e.Seq, GTID: e.Source.GTID, Database: e.Database, Table: e.Table, Op: e.Op.String(),
 		Resolution: d.Resolution,
-		Incoming:   IncomingWrite{Origin: e.Origin, HLC: e.HLC, Before: rowMap(e.Before), After: rowMap(e.After)},
+		Incoming:   IncomingWrite{Origin: e.Origin, HLC: e.HLC, Before: e.Before.Map(), After: e.After.Map()},
 		Target:     target,
 	})
 	tx.tables = append(tx.tables, e.Database+"."+e.Table)

@@ -331,35 +331,12 @@ func display(v any) any {
 	return v
 }
 
-// rowJSON renders a journal row as a JSON object of column to value (bytes as 0x-hex unless
-// they are UTF-8 text; decimals as strings).
-func rowMap(r journal.Row) map[string]any {
-	if r == nil {
-		return nil
-	}
-	m := make(map[string]any, len(r))
-	for _, f := range r {
-		v := f.Value.SQLArg()
-		if f.Value.Kind == journal.KindBytes {
-			v = display(f.Value.Bytes)
-		}
-		if f.Value.Kind == journal.KindUint && f.Value.Uint > 1<<53 {
-			v = fmt.Sprint(f.Value.Uint)
-		}
-		if f.Value.Kind == journal.KindInt && (f.Value.Int > 1<<53 || f.Value.Int < -(1<<53)) {
-			v = fmt.Sprint(f.Value.Int)
-		}
-		m[f.Name] = v
-	}
-	return m
-}
-
 func entryJSON(e *journal.Entry) string {
 	b, _ := json.Marshal(map[string]any{
 		"stream": e.Stream, "seq": e.Seq, "gtid": e.Source.GTID, "origin": e.Origin,
 		"hlc": map[string]any{"wall": e.HLC.Wall, "logical": e.HLC.Logical},
 		"op":  e.Op.String(), "database": e.Database, "table": e.Table,
-		"key": rowMap(e.Key), "before": rowMap(e.Before), "after": rowMap(e.After), "statement": e.Statement,
+		"key": e.Key.Map(), "before": e.Before.Map(), "after": e.After.Map(), "statement": e.Statement,
 	})
 	return string(b)
 }

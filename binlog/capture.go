@@ -37,6 +37,10 @@ type CaptureConfig struct {
 	// seq (the feeds relay's fast path), in order, by one goroutine at a time (not the one calling
 	// Run). It must not block.
 	OnAppend func(stream string, seq uint64)
+	// OnJournaled, if set, is given the entries of each successful append (after OnAppend's
+	// stream has them), on the capture's goroutine: it must not block nor keep the slice.
+	// Ownership checks captured rows with it (rows written at a site that does not own them).
+	OnJournaled func(stream string, entries []journal.Entry)
 	// Metrics, if set, receives the capture's figures.
 	Metrics *Metrics
 }
@@ -907,6 +911,9 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 	}
 	if w.c.cfg.OnAppend != nil {
 		w.c.cfg.OnAppend(w.c.Stream(), w.next-1)
+	}
+	if w.c.cfg.OnJournaled != nil {
+		w.c.cfg.OnJournaled(w.c.Stream(), es)
 	}
 	return nil
 }

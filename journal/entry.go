@@ -2,9 +2,11 @@ package journal
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Op is what an entry does.
@@ -145,6 +147,33 @@ func Bool(v bool) Value {
 		return Value{Kind: KindBool, Uint: 1}
 	}
 	return Value{Kind: KindBool}
+}
+
+// Map renders r as column -> value for JSON reports (conflicts, dead letters): values as SQLArg
+// gives them, except bytes (text when they are valid UTF-8, else 0x-hex) and integers beyond
+// 2^53 (decimal text, exact in any JSON reader). Nil for a nil row.
+func (r Row) Map() map[string]any {
+	if r == nil {
+		return nil
+	}
+	m := make(map[string]any, len(r))
+	for _, f := range r {
+		v := f.Value.SQLArg()
+		switch {
+		case f.Value.Kind == KindBytes:
+			if utf8.Valid(f.Value.Bytes) {
+				v = string(f.Value.Bytes)
+			} else {
+				v = "0x" + hex.EncodeToString(f.Value.Bytes)
+			}
+		case f.Value.Kind == KindUint && f.Value.Uint > 1<<53:
+			v = strconv.FormatUint(f.Value.Uint, 10)
+		case f.Value.Kind == KindInt && (f.Value.Int > 1<<53 || f.Value.Int < -(1<<53)):
+			v = strconv.FormatInt(f.Value.Int, 10)
+		}
+		m[f.Name] = v
+	}
+	return m
 }
 
 // SQLArg is v as the bound argument of a MariaDB statement that stores exactly that value:

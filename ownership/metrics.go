@@ -7,6 +7,7 @@ type metrics struct {
 	events     *prometheus.CounterVec
 	mapVersion prometheus.Gauge
 	transfer   prometheus.Histogram
+	misrouted  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,9 +29,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from winning a partition's election until serving it (fence, record, catch up).",
 			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 		}),
+		misrouted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "music_ownership_misrouted_rows_total",
+			Help: "Rows captured from this site's database while another site owned their partition (reported as conflicts).",
+		}, []string{"partition"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.serving, m.events, m.mapVersion, m.transfer} {
+		for _, c := range []prometheus.Collector{m.serving, m.events, m.mapVersion, m.transfer, m.misrouted} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -177,7 +177,9 @@ type Node struct {
 	now   func() time.Time
 	ids   []string        // every partition, in policy order
 	known map[string]bool // the same, as a set
-	cand  string          // this instance as an election candidate (JSON of Owner without epoch)
+	// tables: "database.table" of every partitioned table.
+	tables map[string]bool
+	cand   string // this instance as an election candidate (JSON of Owner without epoch)
 	// wakeFollow and wakeControl are Wake's signals to the follower and the controller.
 	wakeFollow, wakeControl chan struct{}
 	metrics                 *metrics
@@ -237,6 +239,12 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		wakeFollow: make(chan struct{}, 1), wakeControl: make(chan struct{}, 1)}
 	for _, id := range n.ids {
 		n.known[id] = true
+	}
+	n.tables = map[string]bool{}
+	for _, p := range cfg.Policy.Partitions {
+		for _, t := range p.Tables {
+			n.tables[t] = true
+		}
 	}
 	n.mu.leaders = map[string]Owner{}
 	n.mu.held = map[string]*held{}
@@ -937,7 +945,7 @@ func (n *Node) Route(database, table string, key journal.Row) (Route, error) {
 			r.State = stateUnconfirmed
 		}
 	}
-	if o, ok := n.mu.leaders[p]; ok {
+	if o, ok := n.mu.leaders[p]; ok && n.confirmedLocked() { // unproven when unconfirmed
 		r.Owner = &o
 	}
 	if r.Serving { // this instance's own knowledge is fresher than its observation
@@ -959,9 +967,12 @@ type PartitionView struct {
 
 // View is the ownership map as this instance knows it (GET /v1/ownership).
 type View struct {
-	Site       string            `json:"site"`
-	Instance   string            `json:"instance"`
-	Present    bool              `json:"present"`
+	Site     string `json:"site"`
+	Instance string `json:"instance"`
+	Present  bool   `json:"present"`
+	// Confirmed: this instance's ZooKeeper session was confirmed within the lease. When it was
+	// not, the view names no owner: what it last observed cannot be proven.
+	Confirmed  bool              `json:"confirmed"`
 	Version    uint64            `json:"version"`
 	Live       []string          `json:"live"`
 	Sites      []string          `json:"sites"`
@@ -980,9 +991,10 @@ func (n *Node) View() View {
 	if v.Live == nil {
 		v.Live = []string{}
 	}
+	v.Confirmed = n.confirmedLocked()
 	for _, p := range n.ids {
 		pv := PartitionView{Partition: p, Desired: n.mu.m.Owners[p]}
-		if o, ok := n.mu.leaders[p]; ok {
+		if o, ok := n.mu.leaders[p]; ok && v.Confirmed {
 			pv.Owner = &o
 		}
 		if h := n.mu.held[p]; h != nil {

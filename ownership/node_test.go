@@ -337,6 +337,10 @@ func TestFailoverThreeSites(t *testing.T) {
 	if !slices.ContainsFunc(evs, func(ev Event) bool { return ev.Instance == "a-1" && ev.Kind == EventLost }) {
 		t.Error("a never reported its ownership lost")
 	}
+	// Cut off, a cannot prove who owns what: its view names no owner.
+	if v := nodes[0].View(); v.Confirmed || slices.ContainsFunc(v.Partitions, func(p PartitionView) bool { return p.Owner != nil }) {
+		t.Errorf("a's view while cut off: confirmed %v, partitions %+v", v.Confirmed, v.Partitions)
+	}
 
 	cut.SetCut(false)
 	testenv.WaitFor(t, 60*time.Second, "a to own orders again", func() bool {

@@ -25,8 +25,9 @@ import (
 // (b caught up before serving); the application's writes at b then reach c.
 func TestOwnershipThreeDatabases(t *testing.T) {
 	type siteDB struct {
-		addr string
-		conn *client.Conn
+		addr  string
+		conn  *client.Conn
+		start string // GTID position where its capture starts
 	}
 	dbs := map[string]*siteDB{}
 	var startMu sync.Mutex
@@ -55,6 +56,10 @@ func TestOwnershipThreeDatabases(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		s.conn = c
 		for _, q := range []string{
+			// A first transaction gives the capture a start position: it then reads (and, as a
+			// semi-synchronous replica, acknowledges) everything after it, the applier's own
+			// tables included, whichever of the two starts first.
+			"CREATE DATABASE start_mark",
 			"SET GLOBAL rpl_semi_sync_master_enabled = ON",
 			"SET GLOBAL rpl_semi_sync_master_timeout = 60000", // a commit waits up to 60 s for the capture
 			"SET SESSION sql_log_bin = 0",
@@ -64,6 +69,13 @@ func TestOwnershipThreeDatabases(t *testing.T) {
 		} {
 			mustExec(t, c, q)
 		}
+		r, err := c.Execute("SELECT @@gtid_binlog_pos")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos, _ := r.GetString(0, 0)
+		s.start = strings.Clone(pos)
+		r.Close()
 	}
 	metaKS := testenv.UniqueName("musicd_test_")
 	t.Cleanup(func() { dropKeyspace(t, metaKS) })
@@ -73,6 +85,17 @@ func TestOwnershipThreeDatabases(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
+	misrouted := make(chan map[string]any, 16)
+	csub, err := nc.Subscribe("music.conflicts.db.t", func(m *nats.Msg) {
+		var c map[string]any
+		if json.Unmarshal(m.Data, &c) == nil && c["kind"] == "misrouted" {
+			misrouted <- c
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer csub.Unsubscribe()
 	serving := make(chan string, 16) // sites announcing they serve acct
 	sub, err := nc.Subscribe("music.ownership.acct", func(m *nats.Msg) {
 		var ev struct{ Kind, Site string }
@@ -86,7 +109,7 @@ func TestOwnershipThreeDatabases(t *testing.T) {
 	defer sub.Unsubscribe()
 
 	others := map[string][]string{"a": {"b", "c"}, "b": {"a", "c"}, "c": {"a", "b"}}
-	daemons := map[string]*daemon{}
+	daemons, bases := map[string]*daemon{}, map[string]string{}
 	for i, site := range []string{"a", "b", "c"} {
 		var streams []string
 		for _, o := range others[site] {
@@ -101,7 +124,7 @@ cassandra: {contact_points: ["%[2]s"], keyspace: %[3]s}
 zookeeper: {servers: ["%[4]s"], root: %[5]s, session_timeout: 2s}
 nats: {urls: ["%[6]s"]}
 sources:
-  - {name: %[1]s, addr: "%[7]s", user: %[8]s, password: %[9]s, server_id: %[10]d, snapshot: never, tables: [{match: "db.*", mode: sync}]}
+  - {name: %[1]s, addr: "%[7]s", user: %[8]s, password: %[9]s, server_id: %[10]d, snapshot: never, start_position: "%[12]s", tables: [{match: "db.*", mode: sync}]}
 appliers:
   - {addr: "%[7]s", user: %[8]s, password: %[9]s, meta_database: db_meta, streams: [%[11]s], local_streams: [binlog/%[1]s/%[1]s], tables: [{match: "db.*", mode: sync}]}
 ownership:
@@ -110,9 +133,9 @@ ownership:
   partitions:
     - {name: acct, tables: [db.t], placement: {mode: preferred, sites: [a, b, c]}}
 `, site, testenv.Cassandra(t), metaKS, testenv.ZooKeeper(t), zkRoot, testenv.NATS(t),
-			dbs[site].addr, testenv.MariaDBUser, testenv.MariaDBPassword, 4301+i, strings.Join(streams, ", ")))
+			dbs[site].addr, testenv.MariaDBUser, testenv.MariaDBPassword, 4301+i, strings.Join(streams, ", "), dbs[site].start))
 		daemons[site] = startDaemon(t, "--config", cfg)
-		daemons[site].waitServing(60 * time.Second)
+		bases[site] = daemons[site].waitServing(60 * time.Second)
 	}
 	waitServing := func(want string) {
 		t.Helper()
@@ -204,8 +227,28 @@ ownership:
 			t.Fatal("a write at the new owner failed")
 		}
 	}
+	// A misrouted application writes at c, which does not own acct: the row is reported as a
+	// conflict (and mirrored like any row).
+	if err := func() error { _, err := app("c").Execute("INSERT INTO t VALUES (1000000, 'misrouted')"); return err }(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-misrouted:
+		key, _ := c["key"].(map[string]any)
+		if c["partition"] != "acct" || c["site"] != "c" || c["owner"] != "b" || key["id"] != float64(1000000) || c["stream"] != "binlog/c/c" {
+			t.Errorf("misrouted report: %v", c)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("the row written at c was not reported as misrouted")
+	}
+	defer func() {
+		if t.Failed() {
+			_, st := get(t, bases["c"]+"/status")
+			t.Logf("c's status: %s", st)
+		}
+	}()
 	testenv.WaitFor(t, 60*time.Second, "c to hold b's writes", func() bool {
-		r, err := dbs["c"].conn.Execute(fmt.Sprintf("SELECT COUNT(*) FROM db.t WHERE id >= %d", first))
+		r, err := dbs["c"].conn.Execute(fmt.Sprintf("SELECT COUNT(*) FROM db.t WHERE id >= %d AND id < %d", first, next))
 		if err != nil {
 			t.Fatal(err)
 		}

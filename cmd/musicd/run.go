@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gocql "github.com/apache/cassandra-gocql-driver/v2"
@@ -253,13 +254,35 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 	}
 	clock := journal.NewClock(time.Now, 0)
 	instance := instanceID(cfg.Site)
+	// Rows captured here while another site owns their partition are reported as conflicts
+	// (the ownership node is set once it exists; until then nothing is checked).
+	var ownRef atomic.Pointer[ownership.Node]
+	var onJournaled func(string, []journal.Entry)
+	if cfg.Ownership.Enabled() {
+		onJournaled = func(stream string, es []journal.Entry) {
+			n := ownRef.Load()
+			if n == nil {
+				return
+			}
+			for _, m := range n.Misrouted(stream, es) {
+				body, err := json.Marshal(m)
+				if err == nil {
+					err = nc.NC.Publish(subjects.Conflicts(m.Database, m.Table), body)
+				}
+				if err != nil {
+					logger.Warn("publishing a misrouted row", "err", err)
+				}
+			}
+		}
+	}
 	var captures []*binlog.Capture
 	var sourceNames []string
 	for _, src := range cfg.Sources {
 		checks = append(checks, api.NamedCheck{Name: "source:" + src.Name, Checker: api.CheckFunc(func(ctx context.Context) error {
 			return binlog.Ping(ctx, src)
 		})})
-		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: notify, Metrics: captureMetrics}, store, clock, logger)
+		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: notify, OnJournaled: onJournaled,
+			Metrics: captureMetrics}, store, clock, logger)
 		captures, sourceNames = append(captures, capture), append(sourceNames, src.Name)
 		if elector != nil {
 			// One relay per capture stream among the instances, elected apart from the capture
@@ -396,6 +419,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 		if err != nil {
 			return err
 		}
+		ownRef.Store(own)
 		osub, err := nc.NC.Subscribe(subjects.OwnershipAll(), func(*nats.Msg) { own.Wake() })
 		if err != nil {
 			return fmt.Errorf("nats: subscribe to ownership changes: %w", err)
