@@ -48,8 +48,9 @@ type Service interface {
 	// held a write lock, the next grant has PreviousUnclean set. Errors: ErrNotHeld (no such
 	// reference), ErrInvalidName, ErrClosed.
 	ForceRelease(ctx context.Context, name, id string) error
-	// ReleaseExpired removes every reference of name whose lease has run out (what the
-	// background reaper does) and returns how many it removed.
+	// ReleaseExpired removes every reference of name whose lease has run out or whose owner's
+	// ZooKeeper session is gone (what the background reaper does, every ReapInterval) and returns
+	// how many it removed.
 	ReleaseExpired(ctx context.Context, name string) (int, error)
 	// Watch sends the holders of name now and after every change, coalesced: a slow reader
 	// receives the latest holders, never a backlog. The channel is closed when ctx ends or the

@@ -1209,7 +1209,7 @@ func (s *zkService) ReleaseExpired(ctx context.Context, name string) (int, error
 	if err := s.enter(); err != nil {
 		return 0, fmt.Errorf("release expired %s: %w", name, err)
 	}
-	n, err := s.reapName(ctx, s.namePath(spaceLocks, name), false)
+	n, err := s.reapName(ctx, s.namePath(spaceLocks, name), true)
 	if err != nil {
 		return n, fmt.Errorf("release expired %s: %w", name, err)
 	}

@@ -167,6 +167,35 @@ func TestZooKeeperCloseHandsOver(t *testing.T) {
 	}
 }
 
+// ReleaseExpired removes at once the references of a daemon whose session is gone, as the
+// reaper would at its next pass (here: not within the test).
+func TestReleaseExpiredRemovesDeadSessions(t *testing.T) {
+	addr := testenv.ZooKeeper(t)
+	root := "/" + testenv.UniqueName("musicd-test-locks-")
+	d := &testenv.CutDialer{}
+	s1 := zkTestServiceReap(t, addr, root, 2*time.Second, d.Dial, time.Hour)
+	s2 := zkTestServiceReap(t, addr, root, 10*time.Second, nil, time.Hour)
+	name := "presence"
+	a := mustRef(t, s1, name, RefOptions{Type: Read}) // no lease: only the session keeps it
+	ga := mustTry(t, s1, a)
+	ctx := tctx(t, 30*time.Second)
+	if n, err := s2.ReleaseExpired(ctx, name); n != 0 || err != nil {
+		t.Fatalf("ReleaseExpired with the owner alive: %d, %v", n, err)
+	}
+	d.SetCut(true)
+	<-ga.Lost()
+	testenv.WaitFor(t, 30*time.Second, "the dead session's reference to be removed", func() bool {
+		n, err := s2.ReleaseExpired(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	})
+	if hs, err := s2.Holders(ctx, name); err != nil || len(hs) != 0 {
+		t.Errorf("holders after the removal: %v, %v", hs, err)
+	}
+}
+
 func TestRefIDs(t *testing.T) {
 	id := nodePrefix(Read, "0123456789abcdef") + "0000000042"
 	q, ok := parseRefID(id)

@@ -24,21 +24,22 @@ import (
 )
 
 // BenchmarkProm measures ownership (make bench BENCH=prom):
-//   - failover: three sites' nodes over real ZooKeeper (a 2 s session each; the dev server's
+//   - failover_cut: three sites' nodes over real ZooKeeper (a 2 s session each; the dev server's
 //     tickTime of 1 s grants it as asked) and the Cassandra journal, failover_grace 500 ms,
 //     announcements passed between the nodes as NATS would. The owner of the partition is made
 //     dead to ZooKeeper ten times: its connections are cut, so its session expires by timeout
 //     exactly as after kill -9. Failover time is from the cut until another site serves the
 //     partition (won its election, fenced its stream, caught up); p50 and p95 beside the target,
 //     the session timeout plus 2 s. The cut site is mended between rounds (the preferred order
-//     gives the partition back to it by a planned move).
+//     gives the partition back to it by a planned move). cmd/musicd's BenchmarkProm measures
+//     the same with real processes killed with -9 (failover_kill9).
 //   - catchup: a backlog of 50,000 rows (transactions of 100) is captured from MariaDB a into
 //     the journal. Site b's node, whose applier is not running, wins the partition: its catch-up
 //     starts the applier and waits until the target holds the stream's head. The catch-up rate
 //     is the backlog over the time from winning to serving; beside it, in the same run, the
 //     applier's maximum sustained apply rate over the same backlog into a fresh target database.
 func BenchmarkProm(b *testing.B) {
-	b.Run("failover", func(b *testing.B) {
+	b.Run("failover_cut", func(b *testing.B) {
 		for range b.N {
 			benchFailover(b)
 		}

@@ -412,6 +412,11 @@ func (n *Node) control(ctx context.Context, epoch uint64) error {
 	grace := n.cfg.Policy.FailoverGrace
 	tick := time.NewTicker(n.cfg.Poll)
 	defer tick.Stop()
+	// A killed instance's presence reference outlives its session until something removes it
+	// (the lock service's reaper, every few seconds): the controller removes those of present
+	// sites itself, so that a site's loss is seen when its last session expires.
+	reap := time.NewTicker(min(max(grace/2, 100*time.Millisecond), time.Second))
+	defer reap.Stop()
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -449,6 +454,10 @@ func (n *Node) control(ctx context.Context, epoch uint64) error {
 				n.log.Info("ownership: new map", "version", m.Version, "live", live, "partitions", len(owners))
 				cur = m
 				n.setMap(m)
+				select { // this instance's follower acts on it at once
+				case n.wakeFollow <- struct{}{}:
+				default:
+				}
 				n.metrics.mapVersion.Set(float64(m.Version))
 				n.emit(Event{Kind: EventMap, Site: n.cfg.Site, Instance: n.cfg.Instance, Version: m.Version, Owners: owners, Epoch: epoch})
 			}
@@ -471,6 +480,14 @@ func (n *Node) control(ctx context.Context, epoch uint64) error {
 		case <-fire:
 			timer = nil
 		case <-tick.C:
+		case <-reap.C:
+			for _, s := range n.cfg.Policy.Sites {
+				if present[s] {
+					rctx, cancel := context.WithTimeout(ctx, time.Second)
+					_, _ = n.deps.Locks.ReleaseExpired(rctx, SiteLock(s)) // the watch reports a removal
+					cancel()
+				}
+			}
 		case <-n.wakeControl:
 		case <-ctx.Done():
 			return nil

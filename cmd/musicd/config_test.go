@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-func writeFile(t *testing.T, body string) string {
+func writeFile(t testing.TB, body string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "musicd.yaml")
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {

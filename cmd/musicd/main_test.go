@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 
 // daemon is a musicd process started by a test.
 type daemon struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	addr   chan string // the REST address, from the "musicd serving" log line
 	mu     sync.Mutex
@@ -48,7 +48,7 @@ type daemon struct {
 	err    error // Wait's result, valid after exited is closed
 }
 
-func startDaemon(t *testing.T, args ...string) *daemon {
+func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "MUSICD_TEST_AS_MAIN=1", "GORACE=atexit_sleep_ms=0")
@@ -318,7 +318,7 @@ sources:
 }
 
 // dropKeyspace removes a keyspace a test's musicd created.
-func dropKeyspace(t *testing.T, ks string) {
+func dropKeyspace(t testing.TB, ks string) {
 	cfg := journal.DefaultCassandraConfig()
 	cfg.ContactPoints = []string{testenv.Cassandra(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -16,7 +16,7 @@ import (
 )
 
 // restCall sends a JSON request and returns the status, the decoded body and the response.
-func restCall(t *testing.T, method, url, body string, h map[string]string) (int, map[string]any, *http.Response) {
+func restCall(t testing.TB, method, url, body string, h map[string]string) (int, map[string]any, *http.Response) {
 	t.Helper()
 	var r io.Reader
 	if body != "" {
