@@ -149,9 +149,16 @@ func (s *Server) musicCAS(w http.ResponseWriter, r *http.Request, c *call, inser
 	if err != nil {
 		return err
 	}
-	if err := s.checkOwner(t.Keyspace, t.Name, m.key); err != nil {
+	done, err := s.admitWrite(t.Keyspace, t.Name, m.key)
+	if err != nil {
 		return err
 	}
+	finished := false
+	defer func() {
+		if !finished {
+			_ = done(nil) // ends the write's time in flight
+		}
+	}()
 	for attempt := 0; attempt < musicCASAttempts; attempt++ {
 		cons := state.Eventual
 		if attempt > 0 {
@@ -175,7 +182,8 @@ func (s *Server) musicCAS(w http.ResponseWriter, r *http.Request, c *call, inser
 		if errors.Is(err, state.ErrConditionFailed) {
 			continue
 		}
-		if err != nil {
+		finished = true
+		if err := done(err); err != nil {
 			return err
 		}
 		return musicOK(w, musicResponse{Message: msg})

@@ -248,12 +248,13 @@ func (s *Server) musicWrite(ctx context.Context, c *call, t state.Table, key jou
 	if err != nil {
 		return 0, err
 	}
-	if err := s.checkOwner(t.Keyspace, t.Name, key); err != nil {
+	done, err := s.admitWrite(t.Keyspace, t.Name, key)
+	if err != nil {
 		return 0, err
 	}
 	_, err = s.state.Write(ctx, state.WriteRequest{Keyspace: t.Keyspace, Table: t.Name, Key: key, Op: op, Values: values,
 		Consistency: cons.c, Lock: cons.lock, If: cond, RequestID: c.reqID})
-	return cons.c, err
+	return cons.c, done(err)
 }
 
 // musicInsert serves an insert: the values hold the primary key. Like CQL's INSERT it sets the

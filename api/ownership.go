@@ -15,6 +15,8 @@ import (
 type Ownership interface {
 	View() ownership.View
 	Route(database, table string, key journal.Row) (ownership.Route, error)
+	// Admit is Route for a write about to be made (see ownership.Node.Admit).
+	Admit(database, table string, key journal.Row) (ownership.Route, func() bool, error)
 	Move(ctx context.Context, partition, site string) error
 	Drain(ctx context.Context, site string, drained bool) error
 }
@@ -91,26 +93,38 @@ func (s *Server) drainSite(drained bool) v1Handler {
 	}
 }
 
-// checkOwner refuses a row write that this instance does not own: 409 not_owner naming the
-// owner, or 503 while the partition has no owner or this instance is still catching up.
-func (s *Server) checkOwner(keyspace, table string, key journal.Row) error {
+// admitWrite admits a row write at this instance: 409 not_owner naming the owner, or 503 while
+// the partition has no owner or this instance is taking it over, handing it over, or cannot
+// confirm its ZooKeeper session. On success, done must be called with the write's error once it
+// was made: it ends the write's time in flight (a planned move waits for it) and turns a success
+// into 503 when this instance lost the partition meanwhile (the write may have landed after
+// another owner took over; it is not acknowledged as the owner's).
+func (s *Server) admitWrite(keyspace, table string, key journal.Row) (done func(error) error, err error) {
 	if s.deps.Ownership == nil {
-		return nil
+		return func(err error) error { return err }, nil
 	}
-	rt, err := s.deps.Ownership.Route(keyspace, table, key)
+	rt, still, err := s.deps.Ownership.Admit(keyspace, table, key)
 	if err != nil {
-		return invalid("%v", err)
+		return nil, invalid("%v", err)
 	}
 	switch {
-	case !rt.Partitioned || rt.Serving:
-		return nil
+	case !rt.Partitioned:
+		return func(err error) error { return err }, nil
+	case rt.Serving:
+		return func(err error) error {
+			if !still() && err == nil {
+				return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable,
+					msg: fmt.Sprintf("this instance lost partition %s while the write was in flight: it may or may not have been applied; read it back, or retry at the owner", rt.Partition)}
+			}
+			return err
+		}, nil
 	case rt.State != "":
-		return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable,
+		return nil, &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable,
 			msg: fmt.Sprintf("this instance cannot serve partition %s now (%s: taking it over, handing it over, or its ZooKeeper session unconfirmed); retry shortly", rt.Partition, rt.State)}
 	case rt.Owner == nil:
-		return &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable,
+		return nil, &apiError{status: http.StatusServiceUnavailable, code: codeUnavailable,
 			msg: fmt.Sprintf("partition %s has no owner this instance can vouch for now (a failover or a move is in progress, or its ZooKeeper session is unconfirmed); retry shortly", rt.Partition)}
 	}
-	return &apiError{status: http.StatusConflict, code: codeNotOwner, partition: rt.Partition, owner: rt.Owner,
+	return nil, &apiError{status: http.StatusConflict, code: codeNotOwner, partition: rt.Partition, owner: rt.Owner,
 		msg: fmt.Sprintf("partition %s is owned by site %s (%s)", rt.Partition, rt.Owner.Site, rt.Owner.Address)}
 }

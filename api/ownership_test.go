@@ -40,6 +40,15 @@ func (f *fakeOwnership) Route(database, table string, key journal.Row) (ownershi
 	return r, nil
 }
 
+func (f *fakeOwnership) Admit(database, table string, key journal.Row) (ownership.Route, func() bool, error) {
+	if database == "ks" && table == "users" && key[0].Value.Str == "erin" { // lost while the write is in flight
+		return ownership.Route{Partitioned: true, Partition: "users/erin", Serving: true, State: "serving", Epoch: 9},
+			func() bool { return false }, nil
+	}
+	r, err := f.Route(database, table, key)
+	return r, func() bool { return r.Serving || !r.Partitioned }, err
+}
+
 func (f *fakeOwnership) Move(_ context.Context, partition, site string) error {
 	if partition != "users/0" {
 		return fmt.Errorf("%w: no partition %q", ownership.ErrInvalid, partition)
@@ -90,6 +99,7 @@ func TestV1Ownership(t *testing.T) {
 	expect(t, "write while catching up", put("carol"), 503, "unavailable")
 	expect(t, "write without an owner", put("dave"), 503, "unavailable")
 	expect(t, "write at the owner", put("bob"), 200, "")
+	expect(t, "write whose owner lost the partition meanwhile", put("erin"), 503, "unavailable")
 	expect(t, "write to a table in no partition set", e.call("PUT", "/v1/keyspaces/other/tables/users/rows/x", `{"values":{"age":1}}`, bearer(adminToken)...), 200, "")
 	e.st.mu.Lock()
 	_, written := e.st.mu.rows["ks.users"+keyString(journal.Row{{Name: "name", Value: journal.String("alice")}})]

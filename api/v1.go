@@ -984,11 +984,12 @@ func (s *Server) write(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if req.If, err = condition(r, t, body.If); err != nil {
 		return err
 	}
-	if err := s.checkOwner(t.Keyspace, t.Name, key); err != nil {
+	done, err := s.admitWrite(t.Keyspace, t.Name, key)
+	if err != nil {
 		return err
 	}
 	res, err := s.state.Write(ctx, req)
-	if err != nil {
+	if err := done(err); err != nil {
 		return err
 	}
 	w.Header().Set("ETag", etag(res.Version))

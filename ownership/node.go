@@ -201,6 +201,10 @@ type held struct {
 	cancel context.CancelFunc
 	state  string
 	epoch  uint64
+	// inflight counts the writes admitted (Admit) and not yet done; idle, when set, is closed
+	// when it drops to zero (a drain waits on it).
+	inflight int
+	idle     chan struct{}
 }
 
 // New checks the configuration and returns a Node; Run starts it.
@@ -859,16 +863,18 @@ func (n *Node) serve(ctx context.Context, p string, h *held, lead *locks.Leaders
 		resign()
 		return nil
 	}
-	// Moved away (or shutting down): stop accepting, flush, hand over.
+	// Moved away (or shutting down): stop accepting, let the writes in flight finish, flush,
+	// hand over.
 	n.setState(p, h, stateDraining, epoch)
 	n.event(EventDraining, p, epoch, false, nil)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
+	n.waitIdle(dctx, h)
 	if n.deps.Drain != nil {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), drainTimeout)
 		if err := n.deps.Drain(dctx, p); err != nil {
 			n.log.Warn("ownership: drain failed; handing over anyway", "partition", p, "err", err)
 		}
-		cancel()
 	}
+	cancel()
 	resign()
 	n.setState(p, h, stateNone, 0)
 	n.event(EventReleased, p, epoch, false, nil)
@@ -954,6 +960,60 @@ func (n *Node) Route(database, table string, key journal.Row) (Route, error) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.routeLocked(p), nil
+}
+
+// Admit is Route for a write this instance is about to make: when it serves the row's partition
+// the write is counted in flight until done is called, and a planned move drains it (waits for
+// done) before handing the partition over. done reports whether this instance still served the
+// partition, at the same epoch and with its session confirmed, once the write was made: if not,
+// the write may have landed after another owner took over, and must not be acknowledged as the
+// owner's. For an unpartitioned table, or a partition not served here, done does nothing.
+func (n *Node) Admit(database, table string, key journal.Row) (Route, func() bool, error) {
+	p, ok, err := n.cfg.Policy.PartitionOf(database, table, key)
+	if err != nil || !ok {
+		return Route{}, func() bool { return true }, err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r := n.routeLocked(p)
+	if !r.Serving {
+		return r, func() bool { return false }, nil
+	}
+	h := n.mu.held[p]
+	h.inflight++
+	return r, func() bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		h.inflight--
+		if h.inflight == 0 && h.idle != nil {
+			close(h.idle)
+			h.idle = nil
+		}
+		now := n.routeLocked(p)
+		return now.Serving && now.Epoch == r.Epoch
+	}, nil
+}
+
+// waitIdle waits until no admitted write of h is in flight, or ctx ends.
+func (n *Node) waitIdle(ctx context.Context, h *held) {
+	n.mu.Lock()
+	if h.inflight == 0 {
+		n.mu.Unlock()
+		return
+	}
+	if h.idle == nil {
+		h.idle = make(chan struct{})
+	}
+	idle := h.idle
+	n.mu.Unlock()
+	select {
+	case <-idle:
+	case <-ctx.Done():
+	}
+}
+
+func (n *Node) routeLocked(p string) Route {
 	r := Route{Partitioned: true, Partition: p, Desired: n.mu.m.Owners[p]}
 	if h := n.mu.held[p]; h != nil {
 		r.State = h.state
@@ -968,7 +1028,7 @@ func (n *Node) Route(database, table string, key journal.Row) (Route, error) {
 	if r.Serving { // this instance's own knowledge is fresher than its observation
 		r.Owner = &Owner{Site: n.cfg.Site, Instance: n.cfg.Instance, Address: n.cfg.Address, Epoch: r.Epoch}
 	}
-	return r, nil
+	return r
 }
 
 // PartitionView is one partition in View.

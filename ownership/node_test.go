@@ -447,12 +447,32 @@ func TestMovesAndDrains(t *testing.T) {
 		t.Errorf("the map changed after invalid changes: version %d, was %d", v, version)
 	}
 
+	// A write admitted at the owner (a) before the move is drained: c does not serve orders
+	// until it is done, and done says a no longer served it.
+	key := journal.Row{{Name: "id", Value: journal.Int(1)}}
+	r, done, err := nodes[0].Admit("shop", "orders", key)
+	if err != nil || !r.Serving {
+		t.Fatalf("admit at a: %+v, %v", r, err)
+	}
 	if err := nodes[1].Move(ctx, "orders", "c"); err != nil {
 		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "a to drain orders", func() bool {
+		r, _ := nodes[0].Route("shop", "orders", key)
+		return r.State == stateDraining
+	})
+	if r, _ := nodes[2].Route("shop", "orders", key); r.Serving || r.State != "" {
+		t.Errorf("c takes orders over while a write admitted at a is in flight: %+v", r)
+	}
+	if done() {
+		t.Error("done says a still served orders after it started draining")
 	}
 	testenv.WaitFor(t, 30*time.Second, "orders moved to c", func() bool {
 		return settled(nodes, all) && ownerOf(nodes[0], "orders") == "c"
 	})
+	if r, _, _ := nodes[0].Admit("shop", "orders", key); r.Serving {
+		t.Error("a admits a write of a partition it handed over")
+	}
 	if err := nodes[2].Drain(ctx, "c", true); err != nil {
 		t.Fatal(err)
 	}
@@ -494,7 +514,7 @@ func TestMovesAndDrains(t *testing.T) {
 		}
 	}
 	// The partition and the owners named by Route agree with the view.
-	r, err := nodes[1].Route("shop", "users", journal.Row{{Name: "id", Value: journal.Int(42)}})
+	r, err = nodes[1].Route("shop", "users", journal.Row{{Name: "id", Value: journal.Int(42)}})
 	if err != nil || !r.Partitioned || r.Owner == nil {
 		t.Fatalf("route: %+v, %v", r, err)
 	}
