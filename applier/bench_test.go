@@ -247,16 +247,8 @@ func measureLag(b *testing.B, s *client.Conn, dstAddr, db string, rate int) ([]t
 
 // writeBacklog commits n rows into db.t, perTx rows a transaction.
 func writeBacklog(b *testing.B, s *client.Conn, db string, n, perTx int) {
-	for id := 1; id <= n; {
-		var sb strings.Builder
-		sb.WriteString("INSERT INTO " + db + ".t (id, n, v) VALUES ")
-		for k := 0; k < perTx && id <= n; k, id = k+1, id+1 {
-			if k > 0 {
-				sb.WriteByte(',')
-			}
-			fmt.Fprintf(&sb, "(%d, %d, 'row %d %s')", id, k, id, strings.Repeat("x", 40))
-		}
-		benchExec(b, s, sb.String())
+	for _, q := range testenv.BacklogInserts(db, n, perTx) {
+		benchExec(b, s, q)
 	}
 }
 

@@ -2,12 +2,10 @@ package ownership
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -174,16 +172,8 @@ func benchCatchUp(b *testing.B) {
 		h, err := store.Head(context.Background(), stream)
 		return err == nil && h.Seq >= 1
 	})
-	for id := 1; id <= backlog; {
-		var sb strings.Builder
-		sb.WriteString("INSERT INTO " + db + ".t (id, n, v) VALUES ")
-		for k := 0; k < perTx && id <= backlog; k, id = k+1, id+1 {
-			if k > 0 {
-				sb.WriteByte(',')
-			}
-			fmt.Fprintf(&sb, "(%d, %d, 'row %d %s')", id, k, id, strings.Repeat("x", 40))
-		}
-		benchExec(b, src, sb.String())
+	for _, q := range testenv.BacklogInserts(db, backlog, perTx) {
+		benchExec(b, src, q)
 	}
 	head := func() uint64 {
 		h, err := store.Head(context.Background(), stream)
