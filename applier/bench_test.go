@@ -27,7 +27,9 @@ import (
 //     commits transactions of 10 rows at <rate> rows/s for 5 s;
 //   - apply_rate: the maximum sustained apply rate, rows/s: a backlog of 50,000 rows
 //     (transactions of 100) is made ready first (in the replica's relay log; in the journal), then
-//     applied, timed until the target holds every row.
+//     applied, timed until the target holds every row. Beside them, sql_insert: the same rows
+//     written by one plain client as prepared 100-row INSERTs into the same target, the ceiling
+//     of any applier that writes through SQL.
 func BenchmarkApplier(b *testing.B) {
 	src := testenv.StartPrivate(b, "mariadb-a")
 	dst := testenv.StartPrivate(b, "mariadb-b")
@@ -96,9 +98,18 @@ func BenchmarkApplier(b *testing.B) {
 			stopApplier()
 			stopCapture()
 
+			// The ceiling of any applier that writes through SQL: the same backlog written by one
+			// client as prepared multi-row INSERTs of perTx rows, one transaction each, into the
+			// same target server, with nothing else (no clocks, no positions, no reads).
+			sqlDB := fmt.Sprintf("sql_rate_%d", i)
+			benchTable(b, s, d, sqlDB)
+			sqlRate := plainInsertRate(b, dst.Addr, sqlDB, backlog, perTx)
+
 			b.ReportMetric(musRate, "rows/s")
 			b.ReportMetric(natRate, "rows/s;baseline=native")
 			b.ReportMetric(musRate/natRate, "ratio_to_native")
+			b.ReportMetric(sqlRate, "sql_insert_rows/s")
+			b.ReportMetric(sqlRate/natRate, "sql_insert_ratio_to_native")
 		}
 	})
 	benchExec(b, d, "STOP SLAVE")
@@ -243,6 +254,32 @@ func measureLag(b *testing.B, s *client.Conn, dstAddr, db string, rate int) ([]t
 			b.Fatalf("%s: the target holds %d of %d rows after %s", db, last, n, dur+60*time.Second)
 		}
 	}
+}
+
+// plainInsertRate writes rows 1..n into db.t at addr, perTx rows a prepared INSERT and a
+// transaction, over one connection, and returns the rows/s.
+func plainInsertRate(b *testing.B, addr, db string, n, perTx int) float64 {
+	c := benchConn(b, addr)
+	marks := strings.TrimSuffix(strings.Repeat("(?, ?, ?),", perTx), ",")
+	st, err := c.Prepare("INSERT INTO " + db + ".t (id, n, v) VALUES " + marks)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	pad := strings.Repeat("x", 40)
+	start := time.Now()
+	for id := 1; id+perTx-1 <= n; id += perTx {
+		args := make([]any, 0, 3*perTx)
+		for k := range perTx {
+			args = append(args, int64(id+k), int64(k), fmt.Sprintf("row %d %s", id+k, pad))
+		}
+		benchExec(b, c, "BEGIN")
+		if _, err := st.Execute(args...); err != nil {
+			b.Fatal(err)
+		}
+		benchExec(b, c, "COMMIT")
+	}
+	return float64(n/perTx*perTx) / time.Since(start).Seconds()
 }
 
 // writeBacklog commits n rows into db.t, perTx rows a transaction.
