@@ -10,12 +10,11 @@ import (
 )
 
 // Ownership is what the API needs from the ownership runtime (*ownership.Node): the view served
-// at /v1/ownership, manual moves and drains, and where a row write goes (a non-owner answers
-// 409 not_owner with the owner).
+// at /v1/ownership, manual moves and drains, and the admission of a row write (a non-owner
+// answers 409 not_owner with the owner).
 type Ownership interface {
 	View() ownership.View
-	Route(database, table string, key journal.Row) (ownership.Route, error)
-	// Admit is Route for a write about to be made (see ownership.Node.Admit).
+	// Admit says where a write about to be made goes (see ownership.Node.Admit).
 	Admit(database, table string, key journal.Row) (ownership.Route, func() bool, error)
 	Move(ctx context.Context, partition, site string) error
 	Drain(ctx context.Context, site string, drained bool) error

@@ -24,7 +24,7 @@ func (f *fakeOwnership) View() ownership.View {
 		Partitions: []ownership.PartitionView{{Partition: "users/0", Desired: "b", Owner: &ownership.Owner{Site: "b", Instance: "b-1", Address: "b.example:8080", Epoch: 42}}}}
 }
 
-func (f *fakeOwnership) Route(database, table string, key journal.Row) (ownership.Route, error) {
+func (f *fakeOwnership) route(database, table string, key journal.Row) (ownership.Route, error) {
 	if database != "ks" || table != "users" {
 		return ownership.Route{}, nil
 	}
@@ -45,7 +45,7 @@ func (f *fakeOwnership) Admit(database, table string, key journal.Row) (ownershi
 		return ownership.Route{Partitioned: true, Partition: "users/erin", Serving: true, State: "serving", Epoch: 9},
 			func() bool { return false }, nil
 	}
-	r, err := f.Route(database, table, key)
+	r, err := f.route(database, table, key)
 	return r, func() bool { return r.Serving || !r.Partitioned }, err
 }
 

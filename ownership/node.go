@@ -427,11 +427,19 @@ func (n *Node) control(ctx context.Context, epoch uint64) error {
 			timer.Stop()
 		}
 	}()
+	// The moves and drains in force are read at the start, then on each poll tick and wake-up
+	// (a change through the API wakes every instance); presence changes and timers reuse them.
+	var ov Overrides
+	haveOv, readOv := false, true
 	for {
-		ov, err := n.readOverrides(ctx)
-		if err != nil {
-			n.log.Warn("ownership: reading the policy", "err", err)
-		} else {
+		if readOv {
+			if o, err := n.readOverrides(ctx); err != nil {
+				n.log.Warn("ownership: reading the policy", "err", err)
+			} else {
+				ov, haveOv, readOv = o, true, false
+			}
+		}
+		if haveOv {
 			now := n.now()
 			var live []string
 			next := time.Duration(0)
@@ -484,6 +492,7 @@ func (n *Node) control(ctx context.Context, epoch uint64) error {
 		case <-fire:
 			timer = nil
 		case <-tick.C:
+			readOv = true
 		case <-reap.C:
 			for _, s := range n.cfg.Policy.Sites {
 				if present[s] {
@@ -493,6 +502,7 @@ func (n *Node) control(ctx context.Context, epoch uint64) error {
 				}
 			}
 		case <-n.wakeControl:
+			readOv = true
 		case <-ctx.Done():
 			return nil
 		}
