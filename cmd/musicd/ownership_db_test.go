@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/nats-io/nats.go"
 
-	"github.com/musicd/musicd/binlog"
 	"github.com/musicd/musicd/internal/testenv"
 )
 
@@ -48,12 +46,7 @@ func TestOwnershipThreeDatabases(t *testing.T) {
 		t.FailNow()
 	}
 	for _, s := range dbs {
-		src := binlog.SourceConfig{Name: "x", Addr: s.addr, User: testenv.MariaDBUser, Password: testenv.MariaDBPassword, ServerID: 1}.WithDefaults()
-		c, err := binlog.Connect(context.Background(), src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := adminConn(t, s.addr)
 		s.conn = c
 		for _, q := range []string{
 			// A first transaction gives the capture a start position: it then reads (and, as a

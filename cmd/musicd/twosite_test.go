@@ -32,18 +32,13 @@ func TestTwoSitesSurviveKill9(t *testing.T) {
 	db := testenv.UniqueName("twosite_")
 	conns := map[string]*client.Conn{}
 	for site, addr := range addrs {
-		src := binlog.SourceConfig{Name: "x", Addr: addr, User: testenv.MariaDBUser, Password: testenv.MariaDBPassword, ServerID: 1}.WithDefaults()
-		c, err := binlog.Connect(context.Background(), src)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := adminConn(t, addr)
 		conns[site] = c
 		mustExec(t, c, "CREATE DATABASE "+db)
 		mustExec(t, c, "CREATE TABLE "+db+".t (id BIGINT PRIMARY KEY, n INT NOT NULL, v VARCHAR(64), d DECIMAL(20,6), b VARBINARY(16))")
-		t.Cleanup(func() {
+		t.Cleanup(func() { // before adminConn's close (cleanups run last first)
 			_, _ = c.Execute("DROP DATABASE IF EXISTS " + db)
 			_, _ = c.Execute("DROP DATABASE IF EXISTS " + db + "_meta")
-			c.Close()
 		})
 	}
 	metaKS := testenv.UniqueName("musicd_test_")
@@ -201,6 +196,18 @@ appliers:
 	if len(echoes) > 0 {
 		t.Errorf("%d applied changes came back on the change feed, e.g. %v", len(echoes), echoes[:min(5, len(echoes))])
 	}
+}
+
+// adminConn connects to the MariaDB server at addr as the tests' account, until the test ends.
+func adminConn(t *testing.T, addr string) *client.Conn {
+	t.Helper()
+	src := binlog.SourceConfig{Name: "x", Addr: addr, User: testenv.MariaDBUser, Password: testenv.MariaDBPassword, ServerID: 1}.WithDefaults()
+	c, err := binlog.Connect(context.Background(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func mustExec(t *testing.T, c *client.Conn, q string) {
