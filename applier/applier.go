@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -84,6 +85,9 @@ type Applier struct {
 
 	// testHook, if set, is called after each entry is applied (inside its target transaction).
 	testHook func(stream string, seq uint64)
+	// freshTaken counts the transactions applied again after a fresh insert found its row or
+	// clock (batch.go), for tests.
+	freshTaken atomic.Uint64
 }
 
 // New returns an applier of cfg (after WithDefaults and Validate) reading store. reg receives
@@ -311,8 +315,11 @@ type worker struct {
 	replay   bool   // the next transaction may be a replay of one applied before a crash (DDL)
 	syncedTx string // the transaction applied again after waiting for the local streams
 	slowTx   bool   // apply entry by entry until the next commit (a run was refused: batch.go)
-	lastWall int64
-	lastLog  time.Time
+	// prefetchTx: read the rows' states first until the next commit (a fresh insert was taken:
+	// batch.go).
+	prefetchTx bool
+	lastWall   int64
+	lastLog    time.Time
 
 	mu struct {
 		sync.Mutex
@@ -452,6 +459,10 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 	next := w.pos + 1
 	var pending *journal.Entry // the last entry passed over outside a target transaction
 	progressed := false
+	// Row entries of one transaction are gathered into a run (batch.go) and applied together
+	// before anything else is: a non-row entry, the transaction's end. A run goes on across
+	// journal reads (one transaction, one run, even when a read ends inside it).
+	var run []*journal.Entry
 	for next <= head.Seq {
 		es, err := w.a.store.Read(ctx, w.stream, next, w.a.cfg.BatchEntries)
 		if err != nil {
@@ -460,9 +471,6 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 		if len(es) == 0 {
 			break // the rest is not visible yet: waited for, never skipped
 		}
-		// Row entries of one transaction are gathered into a run (batch.go) and applied together
-		// before anything else is: a non-row entry, the transaction's end, the read's end.
-		var run []*journal.Entry
 		// failed handles an error of an entry or a run: it reports whether step should return.
 		failed := func(e *journal.Entry, err error) (bool, error) {
 			switch {
@@ -473,6 +481,11 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 				tx.rollback(w)
 				w.a.waitLocal(ctx)
 				w.syncedTx = e.Tx.ID
+				return true, nil
+			case errors.Is(err, errFreshTaken):
+				tx.rollback(w)
+				w.prefetchTx = true
+				w.a.freshTaken.Add(1)
 				return true, nil
 			case errors.Is(err, errRunRefused) || len(run) > 0 && !transient(err) && !errors.Is(err, ErrStopped):
 				// Apply the transaction again entry by entry: that names the refused entry.
@@ -535,10 +548,14 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 				pending = e
 			}
 		}
-		if err := flushRun(); err != nil {
-			return failed(run[0], err)
+		if len(run) >= maxRunRows {
+			if err := flushRun(); err != nil {
+				return failed(run[0], err)
+			}
 		}
 	}
+	// A run left here belongs to a transaction whose end is not visible yet: rolled back (it was
+	// never begun) and applied whole later.
 	if pending != nil && !tx.open {
 		// Only passed-over entries (marks, unselected tables) since the last commit: record the
 		// position alone.
@@ -603,7 +620,7 @@ func (w *worker) commit(tx *txState, last *journal.Entry) error {
 }
 
 func (w *worker) advance(last *journal.Entry) {
-	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx = last.Seq, false, last.HLC.Wall, "", false
+	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx, w.prefetchTx = last.Seq, false, last.HLC.Wall, "", false, false
 	w.setApplied(last.Seq)
 	w.mu.Lock()
 	head := w.mu.head

@@ -6,6 +6,8 @@ import (
 	"math/bits"
 	"strings"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
+
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/policies"
 )
@@ -28,8 +30,9 @@ import (
 //     the queue is flushed, so that it reads what the run wrote.
 // A statement of the run that the target refuses (a constraint, a type) rolls the transaction
 // back, and the transaction is applied again entry by entry, which names the entry and applies
-// the error policy to it. Statement shapes above exactSizes rows are bucketed by powers of two so
-// that the per-connection cache of prepared statements stays small.
+// the error policy to it. A run of inserts only skips the read (applyFresh). Statement shapes
+// above exactSizes rows are multiples of it (chunks, bucket) so that the per-connection cache of
+// prepared statements stays small.
 
 // maxRunRows bounds the entries of one run's prefetch and of one multi-row statement.
 const maxRunRows = 128
@@ -93,6 +96,9 @@ func (w *worker) applyRun(tx *txState, run []*journal.Entry) error {
 		first[i] = !touched[tk] && !touched[nk]
 		touched[tk], touched[nk] = true, true
 	}
+	if !w.prefetchTx && freshInserts(run, first) {
+		return w.applyFresh(run)
+	}
 	states, err := w.prefetch(run, first)
 	if err != nil {
 		return err
@@ -125,6 +131,43 @@ func (w *worker) applyRun(tx *txState, run []*journal.Entry) error {
 		}
 	}
 	return w.flush(q)
+}
+
+// errFreshTaken: an insert of a run applied as fresh found its row or its clock already there;
+// the transaction is applied again with the rows' states read first.
+var errFreshTaken = errors.New("applier: a row or clock of a fresh insert exists; reading the rows first")
+
+// freshInserts reports whether a run is inserts only (snapshot rows included), each the first
+// touch of its row in the run.
+func freshInserts(run []*journal.Entry, first []bool) bool {
+	for i, e := range run {
+		if e.Op != journal.OpInsert || !first[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// applyFresh applies a run of inserts (freshInserts) optimistically, as if neither their rows nor
+// their clocks existed in the target, which is what decide does then: plain INSERTs of the rows and
+// of their clocks, without reading first (the statement that reads the rows' states costs as
+// much as the one that writes them). An INSERT whose row or clock exists fails on the key, the
+// decision taken would not hold, and the transaction is applied again the usual way
+// (errFreshTaken). The INSERTs lock what they write, as the usual path's locking read would.
+func (w *worker) applyFresh(run []*journal.Entry) error {
+	var q []queued
+	for _, e := range run {
+		d := decide(e, TargetState{}, w.a.cfg.ruleFor(e.Database, e.Table))
+		for _, act := range d.Actions {
+			q = append(q, queued{e: e, act: act})
+		}
+	}
+	err := w.flushFresh(q, true)
+	var me *mysql.MyError
+	if errors.As(err, &me) && me.Code == mysql.ER_DUP_ENTRY {
+		return fmt.Errorf("%w: %v", errFreshTaken, err)
+	}
+	return err
 }
 
 // prefetched is the state of an entry's row read by prefetch.
@@ -174,10 +217,14 @@ func rowShape(r journal.Row) string {
 	return b.String()
 }
 
-// bucket rounds n up to a power of two (statement shapes stay few); pads repeat the last item.
+// bucket rounds n up to a power of two up to exactSizes, to a multiple of it above (statement
+// shapes stay few); pads repeat the last item.
 func bucket(n int) int {
-	if n <= 1 {
+	switch {
+	case n <= 1:
 		return 1
+	case n > exactSizes:
+		return (n + exactSizes - 1) / exactSizes * exactSizes
 	}
 	return 1 << bits.Len(uint(n-1))
 }
@@ -311,7 +358,11 @@ func (w *worker) prefetchKeysAndClocks(run []*journal.Entry, idx []int, out []pr
 
 // flush executes queued actions in order, merging consecutive inserts, upserts or deletes of one
 // table into multi-row statements, and writes the clocks last (the last of each row).
-func (w *worker) flush(q []queued) error {
+func (w *worker) flush(q []queued) error { return w.flushFresh(q, false) }
+
+// flushFresh is flush; fresh: the clocks are new rows (plain INSERTs, failing on a clock that
+// exists).
+func (w *worker) flushFresh(q []queued, fresh bool) error {
 	type clockKey struct{ db, tbl, hash string }
 	clocks := map[clockKey]int{} // -> index in clockRows
 	var clockRows []clockRow
@@ -363,7 +414,7 @@ func (w *worker) flush(q []queued) error {
 			i++
 		}
 	}
-	return w.execClocks(clockRows)
+	return w.execClocks(clockRows, fresh)
 }
 
 // actionShape is what two actions must share to be one statement.
@@ -377,23 +428,19 @@ func actionShape(a queued) string {
 
 // chunks splits n items, each of the given estimated size, into statements of at most maxRunRows
 // items and, where possible, maxStmtBytes: of their exact count up to exactSizes items (one
-// statement for a small transaction), of power-of-two sizes above.
+// statement for a small transaction), of a multiple of exactSizes above, so that a run takes at
+// most two statements (100 rows: 96 and 4) and a table shape at most exactSizes+maxRunRows/
+// exactSizes prepared statements.
 func chunks(sizes []int) []int {
 	var out []int
 	for rest := sizes; len(rest) > 0; {
-		n := min(len(rest), maxRunRows)
-		for n > 1 {
-			total := 0
-			for _, s := range rest[:n] {
-				total += s
-			}
-			if total <= maxStmtBytes {
-				break
-			}
-			n /= 2
+		n, total := 0, 0
+		for n < min(len(rest), maxRunRows) && (n == 0 || total+rest[n] <= maxStmtBytes) {
+			total += rest[n]
+			n++
 		}
 		if n > exactSizes {
-			n = 1 << (bits.Len(uint(n)) - 1) // down to a power of two
+			n -= n % exactSizes // down to a multiple of exactSizes
 		}
 		out = append(out, n)
 		rest = rest[n:]
@@ -465,21 +512,28 @@ type clockRow struct {
 }
 
 // execClocks upserts the clocks of a flush, several rows a statement.
-func (w *worker) execClocks(rows []clockRow) error {
-	sizes := make([]int, len(rows))
-	for i := range sizes {
-		sizes[i] = 128
-	}
-	for _, n := range chunks(sizes) {
+func (w *worker) execClocks(rows []clockRow, fresh bool) error {
+	for len(rows) > 0 {
+		n := min(len(rows), maxRunRows)
 		part := rows[:n]
 		rows = rows[n:]
-		args := make([]any, 0, 6*n)
-		for _, c := range part {
+		// Above exactSizes the statement's size is rounded up to a multiple of it, padded with
+		// copies of the last clock (the same upsert again changes nothing): one statement per
+		// run, few statement shapes.
+		m := n
+		if m > exactSizes && !fresh { // a copy would fail a plain INSERT
+			m = (m + exactSizes - 1) / exactSizes * exactSizes
+		}
+		args := make([]any, 0, 6*m)
+		for p := range m {
+			c := part[min(p, n-1)]
 			args = append(args, c.e.Database, c.e.Table, c.hash, c.act.Clock.HLC.Wall, uint64(c.act.Clock.HLC.Logical), c.act.Clock.Origin)
 		}
 		q := "INSERT INTO " + w.conn.meta + ".row_clock (db, tbl, pk_hash, hlc_wall, hlc_logical, origin) VALUES " +
-			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", n), ", ") +
-			" ON DUPLICATE KEY UPDATE hlc_wall = VALUES(hlc_wall), hlc_logical = VALUES(hlc_logical), origin = VALUES(origin)"
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", m), ", ")
+		if !fresh {
+			q += " ON DUPLICATE KEY UPDATE hlc_wall = VALUES(hlc_wall), hlc_logical = VALUES(hlc_logical), origin = VALUES(origin)"
+		}
 		if _, err := w.conn.exec(q, args...); err != nil {
 			return err
 		}

@@ -265,10 +265,12 @@ func TestChunks(t *testing.T) {
 		{small(1), []int{1}},
 		{small(10), []int{10}},    // one statement for a small transaction
 		{small(16), []int{16}},    // exactSizes
-		{small(17), []int{16, 1}}, // above: powers of two
-		{small(100), []int{64, 32, 4}},
+		{small(17), []int{16, 1}}, // above: multiples of exactSizes
+		{small(100), []int{96, 4}},
+		{small(128), []int{128}},
 		{small(300), []int{128, 128, 32, 12}},
-		{[]int{maxStmtBytes / 2, maxStmtBytes / 2, maxStmtBytes / 2}, []int{1, 2}}, // bounded by bytes
+		{[]int{maxStmtBytes / 2, maxStmtBytes / 2, maxStmtBytes / 2}, []int{2, 1}}, // bounded by bytes
+		{slices.Repeat([]int{maxStmtBytes / 40}, 60), []int{32, 16, 12}},
 	} {
 		if got := chunks(c.sizes); !slices.Equal(got, c.want) {
 			t.Errorf("chunks of %d items: %v, want %v", len(c.sizes), got, c.want)

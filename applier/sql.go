@@ -72,11 +72,12 @@ func (t *target) exec(q string, args ...any) (*mysql.Result, error) {
 	}
 	s, ok := t.stmts[q]
 	if !ok {
-		if len(t.stmts) >= maxStmts {
-			for k, old := range t.stmts {
-				_ = old.Close()
-				delete(t.stmts, k)
+		for k, old := range t.stmts { // full: one goes, whichever the map yields first
+			if len(t.stmts) < maxStmts {
+				break
 			}
+			_ = old.Close()
+			delete(t.stmts, k)
 		}
 		var err error
 		if s, err = t.conn.Prepare(q); err != nil {
