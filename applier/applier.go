@@ -88,6 +88,10 @@ type Applier struct {
 	// freshTaken counts the transactions applied again after a fresh insert found its row or
 	// clock (batch.go), for tests.
 	freshTaken atomic.Uint64
+	// parallelTxs counts the transactions committed by parallel groups (parallel.go), for tests.
+	parallelTxs atomic.Uint64
+	// hookMu serializes testHook calls from parallel groups.
+	hookMu sync.Mutex
 }
 
 // New returns an applier of cfg (after WithDefaults and Validate) reading store. reg receives
@@ -318,8 +322,12 @@ type worker struct {
 	// prefetchTx: read the rows' states first until the next commit (a fresh insert was taken:
 	// batch.go).
 	prefetchTx bool
-	lastWall   int64
-	lastLog    time.Time
+	// serialTx: apply the next transaction alone (a parallel group failed: parallel.go).
+	serialTx bool
+	// par are the connections of parallel groups (parallel.go), opened when first needed.
+	par      []*target
+	lastWall int64
+	lastLog  time.Time
 
 	mu struct {
 		sync.Mutex
@@ -376,6 +384,7 @@ func (w *worker) setErr(err error, stopped bool) {
 // interval (doubling while idle, up to PollMax). Transient errors back off up to RetryMax.
 func (w *worker) run(ctx context.Context) {
 	defer w.conn.close()
+	defer w.closeParallel()
 	idle := w.a.cfg.PollMin
 	retry := w.a.cfg.PollMin
 	for ctx.Err() == nil {
@@ -505,11 +514,34 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 			}
 			return err
 		}
-		for i := range es {
-			e := &es[i]
+		for i := 0; i < len(es); i++ {
 			if ctx.Err() != nil {
 				return progressed, nil
 			}
+			if !tx.open && len(run) == 0 {
+				if txs := w.parallelTxs(es[i:]); len(txs) > 1 {
+					n, err := w.applyParallel(ctx, txs)
+					for _, t := range txs[:n] {
+						w.committed(t[len(t)-1])
+						i += len(t)
+					}
+					if n > 0 {
+						progressed, pending, next = true, nil, w.pos+1
+					}
+					if err != nil {
+						// What follows is applied one transaction at a time, which handles
+						// whatever went wrong as usual.
+						w.serialTx = true
+						if transient(err) && !errors.Is(err, errParallelAborted) {
+							return progressed, err
+						}
+						return true, nil
+					}
+					i-- // the loop moves to the entry after the group
+					continue
+				}
+			}
+			e := &es[i]
 			if w.local && e.Op == journal.OpMark && e.Tx.ID == journal.SnapshotStateTx {
 				w.a.snapshotState(w.stream, e)
 			}
@@ -606,10 +638,7 @@ func (w *worker) commit(tx *txState, last *journal.Entry) error {
 		return err
 	}
 	tx.open = false
-	w.advance(last)
-	if !w.local {
-		w.a.metrics.applied.WithLabelValues(w.site).Inc()
-	}
+	w.committed(last)
 	for i, c := range tx.conflicts {
 		w.a.metrics.conflicts.WithLabelValues(tx.tables[i], string(c.Resolution)).Inc()
 		if w.a.cfg.OnConflict != nil {
@@ -619,8 +648,16 @@ func (w *worker) commit(tx *txState, last *journal.Entry) error {
 	return nil
 }
 
+// committed records a transaction committed in the target, last its last entry.
+func (w *worker) committed(last *journal.Entry) {
+	w.advance(last)
+	if !w.local {
+		w.a.metrics.applied.WithLabelValues(w.site).Inc()
+	}
+}
+
 func (w *worker) advance(last *journal.Entry) {
-	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx, w.prefetchTx = last.Seq, false, last.HLC.Wall, "", false, false
+	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx, w.prefetchTx, w.serialTx = last.Seq, false, last.HLC.Wall, "", false, false, false
 	w.setApplied(last.Seq)
 	w.mu.Lock()
 	head := w.mu.head

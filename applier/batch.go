@@ -97,7 +97,7 @@ func (w *worker) applyRun(tx *txState, run []*journal.Entry) error {
 		touched[tk], touched[nk] = true, true
 	}
 	if !w.prefetchTx && freshInserts(run, first) {
-		return w.applyFresh(run)
+		return w.applyFresh(w.conn, run)
 	}
 	states, err := w.prefetch(run, first)
 	if err != nil {
@@ -154,7 +154,7 @@ func freshInserts(run []*journal.Entry, first []bool) bool {
 // much as the one that writes them). An INSERT whose row or clock exists fails on the key, the
 // decision taken would not hold, and the transaction is applied again the usual way
 // (errFreshTaken). The INSERTs lock what they write, as the usual path's locking read would.
-func (w *worker) applyFresh(run []*journal.Entry) error {
+func (w *worker) applyFresh(c *target, run []*journal.Entry) error {
 	var q []queued
 	for _, e := range run {
 		d := decide(e, TargetState{}, w.a.cfg.ruleFor(e.Database, e.Table))
@@ -162,7 +162,7 @@ func (w *worker) applyFresh(run []*journal.Entry) error {
 			q = append(q, queued{e: e, act: act})
 		}
 	}
-	err := w.flushFresh(q, true)
+	err := w.flushFresh(c, q, true)
 	var me *mysql.MyError
 	if errors.As(err, &me) && me.Code == mysql.ER_DUP_ENTRY {
 		return fmt.Errorf("%w: %v", errFreshTaken, err)
@@ -358,11 +358,11 @@ func (w *worker) prefetchKeysAndClocks(run []*journal.Entry, idx []int, out []pr
 
 // flush executes queued actions in order, merging consecutive inserts, upserts or deletes of one
 // table into multi-row statements, and writes the clocks last (the last of each row).
-func (w *worker) flush(q []queued) error { return w.flushFresh(q, false) }
+func (w *worker) flush(q []queued) error { return w.flushFresh(w.conn, q, false) }
 
-// flushFresh is flush; fresh: the clocks are new rows (plain INSERTs, failing on a clock that
-// exists).
-func (w *worker) flushFresh(q []queued, fresh bool) error {
+// flushFresh is flush on connection c; fresh: the clocks are new rows (plain INSERTs, failing on
+// a clock that exists).
+func (w *worker) flushFresh(c *target, q []queued, fresh bool) error {
 	type clockKey struct{ db, tbl, hash string }
 	clocks := map[clockKey]int{} // -> index in clockRows
 	var clockRows []clockRow
@@ -398,23 +398,23 @@ func (w *worker) flushFresh(q []queued, fresh bool) error {
 				}
 				group = append(group, b)
 			}
-			if err := w.execGroup(group); err != nil {
+			if err := w.execGroup(c, group); err != nil {
 				return err
 			}
 			i = j
 		case ActDeadLetter:
-			if err := w.conn.deadLetter(a.e, "conflict", "conflict: target row kept", a.cur); err != nil {
+			if err := c.deadLetter(a.e, "conflict", "conflict: target row kept", a.cur); err != nil {
 				return err
 			}
 			i++
 		default: // ActUpdate: one statement
-			if err := w.conn.do(a.e, a.act); err != nil {
+			if err := c.do(a.e, a.act); err != nil {
 				return err
 			}
 			i++
 		}
 	}
-	return w.execClocks(clockRows, fresh)
+	return w.execClocks(c, clockRows, fresh)
 }
 
 // actionShape is what two actions must share to be one statement.
@@ -457,7 +457,7 @@ func rowBytes(r journal.Row) int {
 }
 
 // execGroup runs a group of inserts, upserts or deletes of one table and one shape.
-func (w *worker) execGroup(group []queued) error {
+func (w *worker) execGroup(c *target, group []queued) error {
 	sizes := make([]int, len(group))
 	for i, g := range group {
 		sizes[i] = rowBytes(g.act.Row) + rowBytes(g.act.Key)
@@ -498,7 +498,7 @@ func (w *worker) execGroup(group []queued) error {
 				}
 			}
 		}
-		if _, err := w.conn.exec(q, args...); err != nil {
+		if _, err := c.exec(q, args...); err != nil {
 			return err
 		}
 	}
@@ -512,7 +512,7 @@ type clockRow struct {
 }
 
 // execClocks upserts the clocks of a flush, several rows a statement.
-func (w *worker) execClocks(rows []clockRow, fresh bool) error {
+func (w *worker) execClocks(c *target, rows []clockRow, fresh bool) error {
 	for len(rows) > 0 {
 		n := min(len(rows), maxRunRows)
 		part := rows[:n]
@@ -529,12 +529,12 @@ func (w *worker) execClocks(rows []clockRow, fresh bool) error {
 			c := part[min(p, n-1)]
 			args = append(args, c.e.Database, c.e.Table, c.hash, c.act.Clock.HLC.Wall, uint64(c.act.Clock.HLC.Logical), c.act.Clock.Origin)
 		}
-		q := "INSERT INTO " + w.conn.meta + ".row_clock (db, tbl, pk_hash, hlc_wall, hlc_logical, origin) VALUES " +
+		q := "INSERT INTO " + c.meta + ".row_clock (db, tbl, pk_hash, hlc_wall, hlc_logical, origin) VALUES " +
 			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", m), ", ")
 		if !fresh {
 			q += " ON DUPLICATE KEY UPDATE hlc_wall = VALUES(hlc_wall), hlc_logical = VALUES(hlc_logical), origin = VALUES(origin)"
 		}
-		if _, err := w.conn.exec(q, args...); err != nil {
+		if _, err := c.exec(q, args...); err != nil {
 			return err
 		}
 	}

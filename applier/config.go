@@ -48,8 +48,13 @@ type Config struct {
 	// primary key) does: "stop" (default) stops its stream with an error naming stream, seq and
 	// GTID; "dead_letter" writes the entry to the dead-letter table and goes on.
 	OnError string `yaml:"on_error"`
-	// BatchEntries is how many entries one journal read returns. Default 500.
+	// BatchEntries is how many entries one journal read returns (and bounds a parallel group).
+	// Default 1000.
 	BatchEntries int `yaml:"batch_entries"`
+	// Parallel is how many transactions of one stream may be applied at once, each on a
+	// connection of its own: consecutive transactions that only insert rows, none of them a row
+	// another touches, committed in the stream's order. 1: one at a time. Default 4.
+	Parallel int `yaml:"parallel"`
 	// PollMin and PollMax bound the polling fallback: an idle stream is read again after PollMin,
 	// doubling up to PollMax; a Notify reads it at once. Defaults 100ms and 5s.
 	PollMin time.Duration `yaml:"poll_min"`
@@ -93,7 +98,10 @@ func (c Config) WithDefaults() Config {
 		c.OnError = OnErrorStop
 	}
 	if c.BatchEntries == 0 {
-		c.BatchEntries = 500
+		c.BatchEntries = 1000
+	}
+	if c.Parallel == 0 {
+		c.Parallel = 4
 	}
 	if c.PollMin == 0 {
 		c.PollMin = 100 * time.Millisecond
@@ -159,6 +167,9 @@ func (c Config) Validate() error {
 	}
 	if c.BatchEntries < 1 || c.BatchEntries > journal.MaxReadEntries {
 		return fmt.Errorf("batch_entries: %d out of 1..%d", c.BatchEntries, journal.MaxReadEntries)
+	}
+	if c.Parallel < 1 || c.Parallel > 64 {
+		return fmt.Errorf("parallel: %d out of 1..64", c.Parallel)
 	}
 	if c.PollMin <= 0 || c.PollMax < c.PollMin || c.RetryMax <= 0 || c.LocalWait <= 0 {
 		return errors.New("poll_min, poll_max, retry_max, local_wait: positive durations, poll_min <= poll_max")

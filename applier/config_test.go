@@ -32,6 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		"ddl:":             func(c *Config) { c.DDL = "maybe" },
 		"on_error:":        func(c *Config) { c.OnError = "ignore" },
 		"batch_entries:":   func(c *Config) { c.BatchEntries = 20000 },
+		"parallel:":        func(c *Config) { c.Parallel = 65 },
 	} {
 		c := good
 		mod(&c)

@@ -83,6 +83,7 @@ See [applier.md](applier.md) for the model and every key; the main ones:
 | ` + "`ddl`" + ` | ` + "`apply`" + ` (default) or ` + "`stop`" + ` |
 | ` + "`on_error`" + ` | ` + "`stop`" + ` (default) or ` + "`dead_letter`" + ` |
 | ` + "`meta_database`" + ` | where the applier keeps positions, row clocks and dead letters (default ` + "`musicd_applier`" + `) |
+| ` + "`parallel`" + ` | how many transactions of one stream may be applied at once (default 4; 1: one at a time): consecutive transactions that only insert rows, each on a connection of its own, committed in the stream's order |
 
 ## Ownership partitions and moves (file only)
 
