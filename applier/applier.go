@@ -319,9 +319,10 @@ type worker struct {
 	replay   bool   // the next transaction may be a replay of one applied before a crash (DDL)
 	syncedTx string // the transaction applied again after waiting for the local streams
 	slowTx   bool   // apply entry by entry until the next commit (a run was refused: batch.go)
-	// prefetchTx: read the rows' states first until the next commit (a fresh insert was taken:
-	// batch.go).
-	prefetchTx bool
+	// prefetchTxs: so many transactions more read their rows' states first (a fresh insert found
+	// its row or clock: batch.go), so that a stream of rows the target already holds (a snapshot
+	// of a table both sites have) pays for a failed fresh attempt once in freshBackoffTxs only.
+	prefetchTxs int
 	// serialTx: apply the next transaction alone (a parallel group failed: parallel.go).
 	serialTx bool
 	// par are the connections of parallel groups (parallel.go), opened when first needed.
@@ -493,8 +494,7 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 				return true, nil
 			case errors.Is(err, errFreshTaken):
 				tx.rollback(w)
-				w.prefetchTx = true
-				w.a.freshTaken.Add(1)
+				w.freshTaken()
 				return true, nil
 			case errors.Is(err, errRunRefused) || len(run) > 0 && !transient(err) && !errors.Is(err, ErrStopped):
 				// Apply the transaction again entry by entry: that names the refused entry.
@@ -532,6 +532,9 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 						// What follows is applied one transaction at a time, which handles
 						// whatever went wrong as usual.
 						w.serialTx = true
+						if errors.Is(err, errFreshTaken) {
+							w.freshTaken()
+						}
 						if transient(err) && !errors.Is(err, errParallelAborted) {
 							return progressed, err
 						}
@@ -648,6 +651,17 @@ func (w *worker) commit(tx *txState, last *journal.Entry) error {
 	return nil
 }
 
+// freshBackoffTxs is how many transactions read their rows first after a fresh insert found its
+// row or clock.
+const freshBackoffTxs = 16
+
+// freshTaken: a fresh insert found its row or clock; the transaction and the freshBackoffTxs-1
+// after it read their rows first.
+func (w *worker) freshTaken() {
+	w.prefetchTxs = freshBackoffTxs
+	w.a.freshTaken.Add(1)
+}
+
 // committed records a transaction committed in the target, last its last entry.
 func (w *worker) committed(last *journal.Entry) {
 	w.advance(last)
@@ -657,7 +671,8 @@ func (w *worker) committed(last *journal.Entry) {
 }
 
 func (w *worker) advance(last *journal.Entry) {
-	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx, w.prefetchTx, w.serialTx = last.Seq, false, last.HLC.Wall, "", false, false, false
+	w.pos, w.replay, w.lastWall, w.syncedTx, w.slowTx, w.serialTx = last.Seq, false, last.HLC.Wall, "", false, false
+	w.prefetchTxs = max(w.prefetchTxs-1, 0)
 	w.setApplied(last.Seq)
 	w.mu.Lock()
 	head := w.mu.head

@@ -668,9 +668,13 @@ func TestFreshInserts(t *testing.T) {
 	insert := func(id int64, v string) journal.Entry {
 		return journal.Entry{Op: journal.OpInsert, Key: key(id), After: row(id, v)}
 	}
+	tx(300e9, insert(1, "remote")) // over the native row
+	// A transaction whose fresh insert failed and the freshBackoffTxs-1 after it read first.
+	for id := int64(2000); id < 2000+freshBackoffTxs; id++ {
+		tx(150e9, insert(id, "filler"))
+	}
 	tx(200e9, journal.Entry{Op: journal.OpDelete, Key: key(2), Before: row(2, "x")}) // nothing to delete: a tombstone
 	tx(100e9, insert(3, "new"), insert(2, "older"))                                  // row 2's clock is later
-	tx(300e9, insert(1, "remote"))                                                   // over the native row
 	var many []journal.Entry
 	for id := int64(1000); id < 1100; id++ {
 		many = append(many, insert(id, "bulk"))
@@ -682,6 +686,9 @@ func TestFreshInserts(t *testing.T) {
 	want := "1|remote\n3|new\n"
 	for id := 1000; id < 1100; id++ {
 		want += fmt.Sprintf("%d|bulk\n", id)
+	}
+	for id := 2000; id < 2000+freshBackoffTxs; id++ {
+		want += fmt.Sprintf("%d|filler\n", id)
 	}
 	if got := b.dump("SELECT id, v FROM " + db + ".t ORDER BY id"); got != want {
 		t.Errorf("site b rows:\n%s", diffLines(want, got))

@@ -96,7 +96,7 @@ func (w *worker) applyRun(tx *txState, run []*journal.Entry) error {
 		first[i] = !touched[tk] && !touched[nk]
 		touched[tk], touched[nk] = true, true
 	}
-	if !w.prefetchTx && freshInserts(run, first) {
+	if w.prefetchTxs == 0 && freshInserts(run, first) {
 		return w.applyFresh(w.conn, run)
 	}
 	states, err := w.prefetch(run, first)

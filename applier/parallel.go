@@ -32,7 +32,7 @@ var errParallelAborted = errors.New("applier: an earlier transaction of the para
 // applied as inserts) of rows that no other transaction of the group touches, each row once. It
 // stops at the first transaction that is not such.
 func (w *worker) parallelTxs(es []journal.Entry) [][]*journal.Entry {
-	if w.a.cfg.Parallel < 2 || w.local || w.replay || w.slowTx || w.prefetchTx || w.serialTx ||
+	if w.a.cfg.Parallel < 2 || w.local || w.replay || w.slowTx || w.prefetchTxs > 0 || w.serialTx ||
 		len(es) == 0 || es[0].Tx.Index != 0 {
 		return nil
 	}
