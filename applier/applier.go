@@ -88,8 +88,6 @@ type Applier struct {
 	// freshTaken counts the transactions applied again after a fresh insert found its row or
 	// clock (batch.go), for tests.
 	freshTaken atomic.Uint64
-	// parallelTxs counts the transactions committed by parallel groups (parallel.go), for tests.
-	parallelTxs atomic.Uint64
 	// hookMu serializes testHook calls from parallel groups.
 	hookMu sync.Mutex
 }

@@ -12,6 +12,7 @@ type metrics struct {
 	lagEntries *prometheus.GaugeVec
 	lagSeconds *prometheus.GaugeVec
 	applied    *prometheus.CounterVec
+	parallel   *prometheus.CounterVec
 	conflicts  *prometheus.CounterVec
 	errors     *prometheus.CounterVec
 }
@@ -30,6 +31,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "music_applier_applied_transactions_total",
 			Help: "Source transactions applied to the target (each as one target transaction).",
 		}, []string{"source_site"}),
+		parallel: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "music_applier_parallel_transactions_total",
+			Help: "Source transactions applied in parallel groups (insert-only, committed in order; also counted in music_applier_applied_transactions_total).",
+		}, []string{"source_site"}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "music_applier_conflicts_total",
 			Help: "Conflicts met while applying, by table and resolution (incoming_wins, target_kept, dead_letter).",
@@ -42,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.lagEntries, m.lagSeconds, m.applied, m.conflicts, m.errors} {
+	for _, c := range []prometheus.Collector{m.lagEntries, m.lagSeconds, m.applied, m.parallel, m.conflicts, m.errors} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

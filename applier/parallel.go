@@ -141,7 +141,7 @@ func (w *worker) applyParallel(ctx context.Context, txs [][]*journal.Entry) (int
 		// A failed COMMIT leaves its outcome unknown: the worker reads its position again.
 		w.closeParallel()
 	}
-	w.a.parallelTxs.Add(uint64(n))
+	w.a.metrics.parallel.WithLabelValues(w.site).Add(float64(n))
 	return n, err
 }
 
