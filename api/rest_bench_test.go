@@ -52,15 +52,23 @@ func BenchmarkREST(b *testing.B) {
 				env.run(b, conc, 3000, func(w, i int) (*http.Request, int) {
 					return env.req("PUT", fmt.Sprintf("/rows/%d", 5_000_000+w*1_000_000+i), `{"values":{"v":"warm","n":7}}`, nil), 200
 				})
-				env.driverInserts(b, conc, 3000)
+				env.driverInserts(b, conc, 3000, 0)
 			}
-			n := max(b.N, 30000)
+			// Ours and the driver take turns, three rounds each, and the medians are reported:
+			// the driver's rate alone drifts by a fifth from run to run on this machine, and
+			// whichever ran second met Cassandra flushing what the first had written.
+			n := max(b.N, 30000) / 3
 			batchSum, batchN := env.histogram("music_state_eventual_batch_entries")
 			appendSum, appendN := env.histogram("music_state_eventual_append_seconds")
-			ours := env.run(b, conc, n, func(w, i int) (*http.Request, int) {
-				return env.req("PUT", fmt.Sprintf("/rows/%d", w*1_000_000+i), `{"values":{"v":"value-`+strconv.Itoa(i)+`","n":7}}`, nil), 200
-			})
-			raw := env.driverInserts(b, conc, n)
+			var oursR, rawR []benchResult
+			for round := range 3 {
+				oursR = append(oursR, env.run(b, conc, n, func(w, i int) (*http.Request, int) {
+					id := w*1_000_000 + round*100_000 + i
+					return env.req("PUT", fmt.Sprintf("/rows/%d", id), `{"values":{"v":"value-`+strconv.Itoa(i)+`","n":7}}`, nil), 200
+				}))
+				rawR = append(rawR, env.driverInserts(b, conc, n, round*100_000))
+			}
+			ours, raw := medianResult(oursR), medianResult(rawR)
 			b.ReportMetric(ours.rate, "req/s")
 			b.ReportMetric(raw.rate, "req/s;baseline=driver")
 			b.ReportMetric(ours.rate/raw.rate, "ratio_to_driver")
@@ -454,8 +462,27 @@ func (c *benchConn) do(b *testing.B, req *http.Request, want int) *http.Response
 	return resp
 }
 
-// driverInserts inserts n rows directly through the driver from conc goroutines: the limit.
-func (e *restBench) driverInserts(b *testing.B, conc, n int) benchResult {
+// medianResult is the median of each figure of rs.
+func medianResult(rs []benchResult) benchResult {
+	med := func(f func(benchResult) float64) float64 {
+		xs := make([]float64, len(rs))
+		for i, r := range rs {
+			xs[i] = f(r)
+		}
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	out := benchResult{rate: med(func(r benchResult) float64 { return r.rate }),
+		p50: med(func(r benchResult) float64 { return r.p50 }), p99: med(func(r benchResult) float64 { return r.p99 })}
+	for i := range out.per {
+		out.per[i] = med(func(r benchResult) float64 { return r.per[i] })
+	}
+	return out
+}
+
+// driverInserts inserts n rows directly through the driver from conc goroutines: the limit. Ids
+// start at from (per client).
+func (e *restBench) driverInserts(b *testing.B, conc, n, from int) benchResult {
 	lat := make([][]time.Duration, conc)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -466,7 +493,7 @@ func (e *restBench) driverInserts(b *testing.B, conc, n int) benchResult {
 			for i := w; i < n; i += conc {
 				t0 := time.Now()
 				err := e.session.Query(`INSERT INTO bench.raw (id, v, n, music_ts) VALUES (?, ?, ?, ?) USING TIMESTAMP ?`,
-					int64(w*1_000_000+i), "value-"+strconv.Itoa(i), int64(7), t0.UnixMicro(), t0.UnixMicro()).Consistency(gocql.LocalQuorum).Exec()
+					int64(w*1_000_000+from+i), "value-"+strconv.Itoa(i), int64(7), t0.UnixMicro(), t0.UnixMicro()).Consistency(gocql.LocalQuorum).Exec()
 				if err != nil {
 					b.Error(err)
 					return
