@@ -327,6 +327,7 @@ type worker struct {
 	par      []*target
 	lastWall int64
 	lastLog  time.Time
+	logPos   uint64 // the position at lastLog, for the catch-up rate
 
 	mu struct {
 		sync.Mutex
@@ -695,8 +696,15 @@ func (w *worker) lag(head uint64) {
 		w.a.metrics.lagSeconds.WithLabelValues(w.site).Set(now.Sub(time.Unix(0, w.lastWall)).Seconds())
 	}
 	if behind > uint64(w.a.cfg.BatchEntries) && now.Sub(w.lastLog) >= 5*time.Second {
-		w.lastLog = now
-		w.a.logger.Info("applier: catching up", "stream", w.stream, "applied", w.pos, "head", head, "behind", behind)
+		args := []any{"stream", w.stream, "applied", w.pos, "head", head, "behind", behind}
+		if el := now.Sub(w.lastLog); !w.lastLog.IsZero() && el < time.Minute && w.pos > w.logPos {
+			// Entries per second since the last line, and the time left at that rate.
+			rate := float64(w.pos-w.logPos) / el.Seconds()
+			eta := time.Duration(float64(behind) / rate * float64(time.Second))
+			args = append(args, "entries_per_s", int64(rate), "eta", eta.Round(time.Second))
+		}
+		w.lastLog, w.logPos = now, w.pos
+		w.a.logger.Info("applier: catching up", args...)
 	}
 }
 

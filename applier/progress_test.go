@@ -1,0 +1,38 @@
+package applier
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// While far behind, the applier logs its progress every 5 seconds, from the second line on with
+// the rate since the line before and the time left at that rate.
+func TestCatchUpProgressLog(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Unix(1_700_000_000, 0)
+	cfg := Config{Site: "b", Addr: "127.0.0.1:3306", User: "u", Streams: []string{"binlog/a/s"}}
+	a, err := New(cfg, nil, slog.New(slog.NewTextHandler(&buf, nil)), nil, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorker(a, "binlog/a/s", false)
+	w.lag(100_000)
+	if line := buf.String(); !strings.Contains(line, "behind=100000") || strings.Contains(line, "eta=") {
+		t.Fatalf("first line: %q, want behind=100000 and no rate yet", line)
+	}
+	buf.Reset()
+	now, w.pos = now.Add(5*time.Second), 20_000 // 4,000 entries/s; 80,000 to go
+	w.lag(100_000)
+	if line := buf.String(); !strings.Contains(line, "entries_per_s=4000") || !strings.Contains(line, "eta=20s") {
+		t.Fatalf("second line: %q, want entries_per_s=4000 eta=20s", line)
+	}
+	buf.Reset()
+	now = now.Add(time.Second)
+	w.lag(100_000)
+	if buf.Len() != 0 {
+		t.Fatalf("a line a second after the last: %q", buf.String())
+	}
+}
