@@ -784,3 +784,63 @@ func TestParallelGroupsAcrossCrash(t *testing.T) {
 	}
 	t.Logf("%v transactions committed in parallel groups", parallel)
 }
+
+// A constraint only the target has (here a unique column) can make transactions of a parallel
+// group wait for one another's locks; whichever way it goes, the group gives way to applying one
+// transaction at a time, which dead-letters the row the target refuses, and the rest goes in.
+func TestParallelGroupMeetsATargetOnlyConstraint(t *testing.T) {
+	db := testenv.UniqueName("apl_")
+	b := openSite(t, "b", testenv.MariaDBB(t), db)
+	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, u VARCHAR(20), UNIQUE KEY (u))")
+	store := openJournal(t)
+	ctx := context.Background()
+	const stream = "binlog/a/a"
+	if _, err := store.Fence(ctx, stream, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The first transaction inserts 100 rows, its last with u = x; the second one row with u = x
+	// (the source has no such constraint): the second's INSERT, shorter, usually takes x first,
+	// and the first then waits for it while it waits for the first to commit.
+	var es []journal.Entry
+	add := func(tx int, id int64, u string, last bool) {
+		es = append(es, journal.Entry{Seq: uint64(len(es) + 1), HLC: journal.Timestamp{Wall: int64(len(es)+1) * 1e9}, Origin: "a",
+			Tx: journal.Tx{ID: fmt.Sprintf("a-%d", tx), Index: uint32(id % 100), Last: last}, Op: journal.OpInsert, Database: db, Table: "t",
+			Key:   journal.Row{{Name: "id", Value: journal.Int(id)}},
+			After: journal.Row{{Name: "id", Value: journal.Int(id)}, {Name: "u", Value: journal.String(u)}}})
+	}
+	single := func(tx int, id int64, u string) {
+		add(tx, id, u, true)
+		es[len(es)-1].Tx.Index = 0
+	}
+	// Two first, so that both connections are open when the two that matter start together.
+	single(-2, 1000, "w1")
+	single(-1, 1001, "w2")
+	for id := int64(100); id < 200; id++ {
+		u := fmt.Sprintf("u%d", id)
+		if id == 199 {
+			u = "x"
+		}
+		add(0, id, u, id == 199)
+	}
+	for i, u := range []string{"x", "y", "z"} {
+		single(i+1, int64(i+2), u)
+	}
+	if err := store.Append(ctx, stream, 1, es); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, b, stream)
+	cfg.BatchEntries, cfg.Parallel, cfg.OnError = 200, 2, OnErrorDeadLtr
+	start := time.Now()
+	r := startApplier(t, cfg, store, nil)
+	r.waitApplied(store, stream)
+	t.Logf("applied in %v", time.Since(start).Round(time.Millisecond))
+	if got, want := b.count("SELECT COUNT(*) FROM "+db+".t WHERE id >= 100 AND id < 200"), 100; got != want {
+		t.Errorf("%d rows of the first transaction at b, want %d", got, want)
+	}
+	if got, want := b.dump("SELECT id, u FROM "+db+".t WHERE id < 100 ORDER BY id"), "3|y\n4|z\n"; got != want {
+		t.Errorf("rows at b:\n%swant\n%s", got, want)
+	}
+	if got := b.dump("SELECT seq, reason FROM " + cfg.MetaDatabase + ".dead_letters"); got != "103|error\n" {
+		t.Errorf("dead letters: %q, want the row with u = x of the later transaction (seq 103)", got)
+	}
+}

@@ -3,6 +3,7 @@ package applier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -107,7 +108,7 @@ func (w *worker) applyParallel(ctx context.Context, txs [][]*journal.Entry) (int
 			break
 		}
 		if w.par[slot] == nil {
-			if w.par[slot], err = connect(ctx, &w.a.cfg); err != nil {
+			if w.par[slot], err = w.connectParallel(ctx); err != nil {
 				break
 			}
 		}
@@ -189,6 +190,27 @@ func (w *worker) applyInOrder(ctx context.Context, c *target, t []*journal.Entry
 	}
 	committed = true
 	return nil
+}
+
+// parallelLockWait bounds, in seconds, how long a statement of a parallel group waits for a row
+// lock. The group's transactions touch disjoint rows, but a target's own constraints or triggers
+// could make an earlier one wait for a lock a later one holds while the later one waits for the
+// earlier one to commit, which InnoDB cannot see as a deadlock: the wait ends after this long
+// (a lock wait timeout, retried one transaction at a time) instead of innodb_lock_wait_timeout
+// (50 s by default).
+const parallelLockWait = 2
+
+// connectParallel opens a connection for parallel groups.
+func (w *worker) connectParallel(ctx context.Context) (*target, error) {
+	c, err := connect(ctx, &w.a.cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.exec(fmt.Sprintf("SET SESSION innodb_lock_wait_timeout = %d", parallelLockWait)); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // closeParallel closes the connections of parallel groups.
