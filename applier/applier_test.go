@@ -150,15 +150,7 @@ func TestExactlyOnceAcrossCrash(t *testing.T) {
 
 	// Crash at a few points inside transactions: after the first, second or third row.
 	for run, crashAfter := range []int{2, 4, 5, 3, 1, 6} {
-		rows := 0
-		crashed := make(chan struct{})
-		r := startApplier(t, cfg, store, func(r *running, _ string, seq uint64) {
-			if rows++; rows == crashAfter {
-				r.cancel()
-				close(crashed)
-			}
-		})
-		<-crashed
+		r := startApplierUntil(t, cfg, store, crashAfter, nil)
 		r.stop()
 		// The target holds whole transactions only, and the position says which.
 		pos := b.count("SELECT COALESCE(MAX(seq), 0) FROM " + cfg.MetaDatabase + ".positions")
@@ -630,6 +622,17 @@ func TestCatchUp(t *testing.T) {
 	}
 }
 
+// siteAStream opens an embedded journal with site a's stream binlog/a/a created at epoch 1, for
+// tests that journal entries by hand.
+func siteAStream(t *testing.T) (journal.Store, string) {
+	store := openJournal(t)
+	const stream = "binlog/a/a"
+	if _, err := store.Fence(context.Background(), stream, 1); err != nil {
+		t.Fatal(err)
+	}
+	return store, stream
+}
+
 // Inserts are applied without reading their rows first, as if neither the rows nor their clocks
 // existed (batch.go, applyFresh). Where one does, the transaction is applied again the usual way,
 // and the outcome is the one that reading first gives: an older insert does not bring back a row
@@ -641,12 +644,8 @@ func TestFreshInserts(t *testing.T) {
 	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, v VARCHAR(20))")
 	b.exec("INSERT INTO " + db + ".t VALUES (1, 'native')")
 
-	store := openJournal(t)
+	store, stream := siteAStream(t)
 	ctx := context.Background()
-	const stream = "binlog/a/a"
-	if _, err := store.Fence(ctx, stream, 1); err != nil {
-		t.Fatal(err)
-	}
 	seq := uint64(0)
 	row := func(id int64, v string) journal.Row {
 		return journal.Row{{Name: "id", Value: journal.Int(id)}, {Name: "v", Value: journal.String(v)}}
@@ -750,21 +749,10 @@ func TestParallelGroupsAcrossCrash(t *testing.T) {
 	var parallel float64
 	// The stops add up to fewer entries than the stream has: each run reaches its stop.
 	for run, stopAfter := range []int{7, 20, 35, 50, 64} {
-		applied := 0
-		stopped := make(chan struct{})
-		r := startApplier(t, cfg, store, func(r *running, _ string, _ uint64) {
-			if applied++; applied == stopAfter {
-				r.cancel()
-				close(stopped)
-			}
+		r := startApplierUntil(t, cfg, store, stopAfter, func(r *running) {
+			notify.Store(r.a)
+			r.a.Notify(stream, 0)
 		})
-		notify.Store(r.a)
-		r.a.Notify(stream, 0)
-		select {
-		case <-stopped:
-		case <-time.After(60 * time.Second):
-			t.Fatalf("run %d: the applier did not reach its stop after %d entries in a minute", run, stopAfter)
-		}
 		r.stop()
 		parallel += r.metric("music_applier_parallel_transactions_total", map[string]string{"source_site": "a"})
 		pos := uint64(b.count("SELECT COALESCE(MAX(seq), 0) FROM " + cfg.MetaDatabase + ".positions"))
@@ -792,12 +780,8 @@ func TestParallelGroupMeetsATargetOnlyConstraint(t *testing.T) {
 	db := testenv.UniqueName("apl_")
 	b := openSite(t, "b", testenv.MariaDBB(t), db)
 	b.exec("CREATE TABLE " + db + ".t (id INT PRIMARY KEY, u VARCHAR(20), UNIQUE KEY (u))")
-	store := openJournal(t)
+	store, stream := siteAStream(t)
 	ctx := context.Background()
-	const stream = "binlog/a/a"
-	if _, err := store.Fence(ctx, stream, 1); err != nil {
-		t.Fatal(err)
-	}
 	// The first transaction inserts 100 rows, its last with u = x; the second one row with u = x
 	// (the source has no such constraint): the second's INSERT, shorter, usually takes x first,
 	// and the first then waits for it while it waits for the first to commit.

@@ -200,6 +200,30 @@ func startApplier(t testing.TB, cfg Config, store journal.Store, hook func(*runn
 	return r
 }
 
+// startApplierUntil starts an applier, calls started (if set) with it, and cancels it once it
+// has applied n entries (inside their transactions, as after a crash there); it returns when the
+// applier is cancelled, within a minute.
+func startApplierUntil(t testing.TB, cfg Config, store journal.Store, n int, started func(*running)) *running {
+	t.Helper()
+	applied := 0
+	stopped := make(chan struct{})
+	r := startApplier(t, cfg, store, func(r *running, _ string, _ uint64) {
+		if applied++; applied == n {
+			r.cancel()
+			close(stopped)
+		}
+	})
+	if started != nil {
+		started(r)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(time.Minute):
+		t.Fatalf("the applier did not apply %d entries in a minute", n)
+	}
+	return r
+}
+
 func (r *running) stop() {
 	r.cancel()
 	select {
