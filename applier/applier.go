@@ -65,6 +65,11 @@ type StreamStatus struct {
 	// WaitingSnapshot: the target's own capture is snapshotting tables (a local stream's last
 	// snapshot state mark has a table in progress), so this stream waits (see snapshotState).
 	WaitingSnapshot bool
+	// Rate is how many entries a second the stream applied over its last rateWindow or so (0 when
+	// nothing was applied for two windows); ETA the time left until Head at that rate (0 when
+	// caught up or without a rate).
+	Rate float64
+	ETA  time.Duration
 }
 
 // Applier replays journal streams of other sites into one target MariaDB database. Run drives
@@ -337,8 +342,15 @@ type worker struct {
 		changed       chan struct{} // closed and replaced when applied changes
 		// waitingSnapshot: the last step waited for the target's snapshot (see snapshotState).
 		waitingSnapshot bool
+		// rate is entries a second between the samples (rateAt, ratePos) taken rateWindow apart.
+		rate    float64
+		rateAt  time.Time
+		ratePos uint64
 	}
 }
+
+// rateWindow is the span over which a stream's apply rate is measured.
+const rateWindow = 5 * time.Second
 
 func newWorker(a *Applier, stream string, local bool) *worker {
 	w := &worker{a: a, stream: stream, local: local, site: siteOf(stream), wake: make(chan struct{}, 1)}
@@ -349,8 +361,15 @@ func newWorker(a *Applier, stream string, local bool) *worker {
 func (w *worker) status() StreamStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return StreamStatus{Stream: w.stream, Local: w.local, Applied: w.mu.applied, Head: w.mu.head, Err: w.mu.err, Stopped: w.mu.stopped,
+	st := StreamStatus{Stream: w.stream, Local: w.local, Applied: w.mu.applied, Head: w.mu.head, Err: w.mu.err, Stopped: w.mu.stopped,
 		WaitingSnapshot: w.mu.waitingSnapshot}
+	if w.mu.rate > 0 && w.a.now().Sub(w.mu.rateAt) < 2*rateWindow {
+		st.Rate = w.mu.rate
+		if st.Head > st.Applied {
+			st.ETA = time.Duration(float64(st.Head-st.Applied) / st.Rate * float64(time.Second)).Round(time.Second)
+		}
+	}
+	return st
 }
 
 func (w *worker) progress() (<-chan struct{}, uint64, bool) {
@@ -366,6 +385,14 @@ func (w *worker) setApplied(seq uint64) {
 		w.mu.applied = seq
 		close(w.mu.changed)
 		w.mu.changed = make(chan struct{})
+		now := w.a.now()
+		switch el := now.Sub(w.mu.rateAt); {
+		case w.mu.rateAt.IsZero() || seq < w.mu.ratePos || el >= 2*rateWindow:
+			w.mu.rate, w.mu.rateAt, w.mu.ratePos = 0, now, seq // a first sample, or after a pause
+		case el >= rateWindow:
+			w.mu.rate = float64(seq-w.mu.ratePos) / el.Seconds()
+			w.mu.rateAt, w.mu.ratePos = now, seq
+		}
 	}
 	w.mu.err = nil
 }

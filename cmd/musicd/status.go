@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +66,10 @@ type applierStreamView struct {
 	Applied uint64 `json:"applied"`
 	Head    uint64 `json:"head"`
 	Behind  uint64 `json:"behind"`
+	// EntriesPerS is the apply rate over the last few seconds; ETASeconds the time left until
+	// head at that rate.
+	EntriesPerS float64 `json:"entries_per_s,omitempty"`
+	ETASeconds  float64 `json:"eta_s,omitempty"`
 	// WaitingSnapshot: the stream waits while the target's own capture snapshots a table.
 	WaitingSnapshot bool   `json:"waiting_snapshot,omitempty"`
 	Stopped         bool   `json:"stopped,omitempty"`
@@ -167,6 +172,7 @@ func (s *statusSource) status(ctx context.Context) (any, error) {
 			if st.Head > st.Applied {
 				sv.Behind = st.Head - st.Applied
 			}
+			sv.EntriesPerS, sv.ETASeconds = math.Round(st.Rate*10)/10, st.ETA.Seconds()
 			if st.Err != nil {
 				sv.Error = st.Err.Error()
 			}
