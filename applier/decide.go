@@ -1,8 +1,6 @@
 package applier
 
 import (
-	"crypto/sha256"
-
 	"github.com/musicd/musicd/journal"
 	"github.com/musicd/musicd/policies"
 )
@@ -252,17 +250,5 @@ func rank(priority []string, site string) int {
 	return len(priority)
 }
 
-// keyHash identifies a primary key in the row_clock table: SHA-256 over the key's column names
-// and values in their canonical form (journal.Value.AppendCanonical: integers by value whatever
-// their signedness, so that INT at one site and INT UNSIGNED at another agree).
-func keyHash(key journal.Row) []byte {
-	h := sha256.New()
-	var buf []byte
-	for _, f := range key {
-		buf = journal.String(f.Name).AppendCanonical(buf[:0])
-		buf[0] = 'n' // the name's tag
-		buf = f.Value.AppendCanonical(buf)
-		h.Write(buf)
-	}
-	return h.Sum(nil)
-}
+// keyHash identifies a primary key in the row_clock table (journal.Row.KeyHash).
+func keyHash(key journal.Row) []byte { return key.KeyHash() }

@@ -43,6 +43,11 @@ type CaptureConfig struct {
 	OnJournaled func(stream string, entries []journal.Entry)
 	// Metrics, if set, receives the capture's figures.
 	Metrics *Metrics
+	// AppliedClocks, if set, is the meta database of the applier that writes other sites'
+	// changes into this source's database (its row_clock table). A snapshot leaves out the rows
+	// whose last writer, by that table, is another site: they came from there (which has them,
+	// or a later version), and journaling them again as this site's would echo them back.
+	AppliedClocks string
 }
 
 // Capture reads one source's binary log into its journal stream. Run is its driver loop; one

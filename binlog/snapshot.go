@@ -2,6 +2,7 @@ package binlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -111,6 +112,7 @@ type snapshotter struct {
 	retries  int
 	logAt    time.Time
 	estimate uint64 // of pending[0]'s rows
+	skipped  uint64 // rows of pending[0] left out: written here by the applier (leaveOutApplied)
 }
 
 // loadSnapshot reads the stream's snapshot state and the source's tables, and decides what is
@@ -331,8 +333,8 @@ func (s *snapshotter) journal(ctx context.Context, ch *chunk) error {
 	if ch.done {
 		s.done[ch.table.String()] = true
 		s.pending, s.after = s.pending[1:], nil
-		w.c.logger.Info("snapshot: table done", "table", ch.table.String(), "rows", s.rows)
-		s.rows = 0
+		w.c.logger.Info("snapshot: table done", "table", ch.table.String(), "rows", s.rows, "applied_from_other_sites_left_out", s.skipped)
+		s.rows, s.skipped = 0, 0
 	} else {
 		s.after = ch.last
 	}
@@ -527,8 +529,62 @@ func (s *snapshotter) read(ctx context.Context) (*chunk, error) {
 	if convErr != nil {
 		return nil, convErr
 	}
+	if err := s.leaveOutApplied(ch); err != nil {
+		return nil, s.fail(fmt.Errorf("source %s: snapshot of %s: %w", src.Name, t, err))
+	}
 	ch.done = !full && n < src.SnapshotChunkRows
 	return ch, nil
+}
+
+// clockBatch bounds the keys of one read of the applier's row clocks.
+const clockBatch = 500
+
+// leaveOutApplied drops from a chunk the rows whose last writer, by the row clocks of the
+// applier writing into this database (CaptureConfig.AppliedClocks), is another site. It reads
+// the clocks in the chunk's own consistent snapshot, where the applier wrote each row and its
+// clock in one transaction: a row the chunk holds has its clock there too.
+func (s *snapshotter) leaveOutApplied(ch *chunk) error {
+	meta := s.w.c.cfg.AppliedClocks
+	if meta == "" || len(ch.rows) == 0 {
+		return nil
+	}
+	foreign := map[string]bool{}
+	for start := 0; start < len(ch.rows); start += clockBatch {
+		part := ch.rows[start:min(start+clockBatch, len(ch.rows))]
+		args := []any{ch.table.db, ch.table.table}
+		for _, e := range part {
+			args = append(args, e.Key.KeyHash())
+		}
+		r, err := s.conn.Execute("SELECT pk_hash, origin FROM "+quoteID(meta)+".row_clock WHERE db = ? AND tbl = ? AND pk_hash IN (?"+
+			strings.Repeat(", ?", len(part)-1)+")", args...)
+		var me *mysql.MyError
+		if errors.As(err, &me) && me.Code == mysql.ER_NO_SUCH_TABLE {
+			return nil // the applier never ran here: no row came from elsewhere
+		}
+		if err != nil {
+			return fmt.Errorf("reading the applier's row clocks in %s: %w", meta, err)
+		}
+		for i := range r.RowNumber() {
+			h, _ := r.GetString(i, 0)
+			origin, _ := r.GetString(i, 1)
+			if origin != s.w.c.cfg.Site {
+				foreign[strings.Clone(h)] = true // GetString aliases the result's buffer
+			}
+		}
+		r.Close()
+	}
+	if len(foreign) == 0 {
+		return nil
+	}
+	kept := ch.rows[:0]
+	for _, e := range ch.rows {
+		if !foreign[string(e.Key.KeyHash())] {
+			kept = append(kept, e)
+		}
+	}
+	s.skipped += uint64(len(ch.rows) - len(kept))
+	ch.rows = kept
+	return nil
 }
 
 // fail closes the snapshot connection after an error, so the next read starts clean.

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -96,6 +97,22 @@ type Column struct {
 
 // Row is an ordered list of named values.
 type Row []Field
+
+// KeyHash identifies a primary key: SHA-256 over the key's column names and values in their
+// canonical form (AppendCanonical: integers by value whatever their signedness, so that INT at
+// one site and INT UNSIGNED at another agree). The applier keys its row clocks by it; the
+// capture's snapshot finds them by it.
+func (r Row) KeyHash() []byte {
+	h := sha256.New()
+	var buf []byte
+	for _, f := range r {
+		buf = String(f.Name).AppendCanonical(buf[:0])
+		buf[0] = 'n' // the name's tag
+		buf = f.Value.AppendCanonical(buf)
+		h.Write(buf)
+	}
+	return h.Sum(nil)
+}
 
 // Field is one column value of a row.
 type Field struct {

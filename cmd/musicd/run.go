@@ -282,7 +282,7 @@ func run(ctx context.Context, cfg Config, logger *slog.Logger, build api.BuildIn
 			return binlog.Ping(ctx, src)
 		})})
 		capture := binlog.NewCapture(binlog.CaptureConfig{Source: src, Site: cfg.Site, OnAppend: notify, OnJournaled: onJournaled,
-			Metrics: captureMetrics}, store, clock, logger)
+			Metrics: captureMetrics, AppliedClocks: appliedClocks(cfg.Appliers, src.Addr)}, store, clock, logger)
 		captures, sourceNames = append(captures, capture), append(sourceNames, src.Name)
 		if elector != nil {
 			// One relay per capture stream among the instances, elected apart from the capture
@@ -519,4 +519,16 @@ func ownershipAPI(own *ownership.Node) api.Ownership {
 		return nil
 	}
 	return own
+}
+
+// appliedClocks is the meta database of the applier that writes into the database server at
+// addr (the same addr as a source's), whose row clocks tell a snapshot which rows came from other
+// sites; "" if no applier does.
+func appliedClocks(appliers []applier.Config, addr string) string {
+	for _, ac := range appliers {
+		if ac.Addr == addr {
+			return ac.WithDefaults().MetaDatabase
+		}
+	}
+	return ""
 }

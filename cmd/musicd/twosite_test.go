@@ -121,6 +121,7 @@ appliers:
 	var modelMu sync.Mutex
 	model := map[int64]string{} // id -> "n|v|d|b"
 	stop := make(chan struct{})
+	stopWork := sync.OnceFunc(func() { close(stop) })
 	var wg sync.WaitGroup
 	workErr := make(chan error, 2)
 	for site, base := range map[string]int64{"a": 1, "b": 1_000_000} {
@@ -130,6 +131,9 @@ appliers:
 			workErr <- siteWorkload(conns[site], db, base, rand.New(rand.NewPCG(uint64(base), 7)), stop, &modelMu, model)
 		}()
 	}
+	// If the test fails meanwhile, the workload stops before its connections close (cleanups
+	// run last first), and the failure is reported rather than a crash of the workload.
+	t.Cleanup(func() { stopWork(); wg.Wait() })
 
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for i := range twoSiteKills {
@@ -144,7 +148,7 @@ appliers:
 		t.Logf("kill %d: site %s", i+1, site)
 		start(site)
 	}
-	close(stop)
+	stopWork()
 	wg.Wait()
 	for range 2 {
 		if err := <-workErr; err != nil {
