@@ -545,7 +545,10 @@ func (w *worker) step(ctx context.Context) (bool, error) {
 				return progressed, nil
 			}
 			if !tx.open && len(run) == 0 {
-				if txs := w.parallelTxs(es[i:]); len(txs) > 1 {
+				// A group only where a backlog gives every connection a transaction: live
+				// traffic, a transaction or two per read, is applied one at a time, which is
+				// quicker for each (measured: lag p99 at 5,000 rows/s).
+				if txs := w.parallelTxs(es[i:]); len(txs) >= max(2, w.a.cfg.Parallel) {
 					n, err := w.applyParallel(ctx, txs)
 					for _, t := range txs[:n] {
 						w.committed(t[len(t)-1])
