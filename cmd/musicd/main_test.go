@@ -318,6 +318,21 @@ sources:
 }
 
 // dropKeyspace removes a keyspace a test's musicd created.
+// distributedSetup is what a test of musicd daemons in distributed mode starts from: a journal
+// keyspace name of its own (the keyspace is dropped when the test ends), a ZooKeeper root of its
+// own under prefix, and a NATS connection (closed when the test ends).
+func distributedSetup(t testing.TB, prefix string) (metaKS, zkRoot string, nc *nats.Conn) {
+	t.Helper()
+	metaKS = testenv.UniqueName("musicd_test_")
+	t.Cleanup(func() { dropKeyspace(t, metaKS) })
+	nc, err := nats.Connect(testenv.NATS(t), nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return metaKS, "/" + testenv.UniqueName(prefix), nc
+}
+
 func dropKeyspace(t testing.TB, ks string) {
 	cfg := journal.DefaultCassandraConfig()
 	cfg.ContactPoints = []string{testenv.Cassandra(t)}

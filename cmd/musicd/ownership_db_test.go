@@ -70,14 +70,7 @@ func TestOwnershipThreeDatabases(t *testing.T) {
 		s.start = strings.Clone(pos)
 		r.Close()
 	}
-	metaKS := testenv.UniqueName("musicd_test_")
-	t.Cleanup(func() { dropKeyspace(t, metaKS) })
-	zkRoot := "/" + testenv.UniqueName("musicd-test-own3-")
-	nc, err := nats.Connect(testenv.NATS(t), nats.Timeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	metaKS, zkRoot, nc := distributedSetup(t, "musicd-test-own3-")
 	misrouted := make(chan map[string]any, 16)
 	csub, err := nc.Subscribe("music.conflicts.db.t", func(m *nats.Msg) {
 		var c map[string]any

@@ -49,14 +49,8 @@ type promCluster struct {
 func newPromCluster(t testing.TB, grace time.Duration) *promCluster {
 	c := &promCluster{t: t, ks: testenv.UniqueName("own_"), configs: map[string]string{},
 		daemons: map[string]*daemon{}, bases: map[string]string{}}
-	metaKS := testenv.UniqueName("musicd_test_")
-	t.Cleanup(func() { dropKeyspace(t, metaKS); dropKeyspace(t, c.ks) })
-	zkRoot := "/" + testenv.UniqueName("musicd-test-own-")
-	nc, err := nats.Connect(testenv.NATS(t), nats.Timeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	t.Cleanup(func() { dropKeyspace(t, c.ks) })
+	metaKS, zkRoot, nc := distributedSetup(t, "musicd-test-own-")
 	sub, err := nc.Subscribe("music.ownership.>", func(m *nats.Msg) {
 		var ev ownershipEvent
 		if json.Unmarshal(m.Data, &ev) == nil {

@@ -41,14 +41,7 @@ func TestTwoSitesSurviveKill9(t *testing.T) {
 			_, _ = c.Execute("DROP DATABASE IF EXISTS " + db + "_meta")
 		})
 	}
-	metaKS := testenv.UniqueName("musicd_test_")
-	t.Cleanup(func() { dropKeyspace(t, metaKS) })
-	zkRoot := "/" + testenv.UniqueName("musicd-test-")
-	nc, err := nats.Connect(testenv.NATS(t), nats.Timeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	metaKS, zkRoot, nc := distributedSetup(t, "musicd-test-")
 
 	// Echo check: every change on the feed from a site's capture stream is of that site's rows.
 	var echoMu sync.Mutex
