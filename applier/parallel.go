@@ -31,10 +31,20 @@ var errParallelAborted = errors.New("applier: an earlier transaction of the para
 // parallelTxs returns the transactions at the start of es that may be applied as one parallel
 // group: complete within es, consecutive, each only inserts (snapshot rows included, which are
 // applied as inserts) of rows that no other transaction of the group touches, each row once. It
-// stops at the first transaction that is not such.
-func (w *worker) parallelTxs(es []journal.Entry) [][]*journal.Entry {
+// stops at the first transaction that is not such. With fewer than need transactions ending in
+// es it returns nil at once, without looking at their rows.
+func (w *worker) parallelTxs(es []journal.Entry, need int) [][]*journal.Entry {
 	if w.a.cfg.Parallel < 2 || w.local || w.replay || w.slowTx || w.prefetchTxs > 0 || w.serialTx ||
 		len(es) == 0 || es[0].Tx.Index != 0 {
+		return nil
+	}
+	ends := 0
+	for i := 0; i < len(es) && ends < need; i++ {
+		if es[i].Tx.Last {
+			ends++
+		}
+	}
+	if ends < need {
 		return nil
 	}
 	var txs [][]*journal.Entry

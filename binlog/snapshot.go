@@ -548,12 +548,16 @@ func (s *snapshotter) leaveOutApplied(ch *chunk) error {
 	if meta == "" || len(ch.rows) == 0 {
 		return nil
 	}
+	hashes := make([][]byte, len(ch.rows))
+	for i, e := range ch.rows {
+		hashes[i] = e.Key.KeyHash()
+	}
 	foreign := map[string]bool{}
 	for start := 0; start < len(ch.rows); start += clockBatch {
-		part := ch.rows[start:min(start+clockBatch, len(ch.rows))]
+		part := hashes[start:min(start+clockBatch, len(hashes))]
 		args := []any{ch.table.db, ch.table.table}
-		for _, e := range part {
-			args = append(args, e.Key.KeyHash())
+		for _, h := range part {
+			args = append(args, h)
 		}
 		r, err := s.conn.Execute("SELECT pk_hash, origin FROM "+quoteID(meta)+".row_clock WHERE db = ? AND tbl = ? AND pk_hash IN (?"+
 			strings.Repeat(", ?", len(part)-1)+")", args...)
@@ -577,8 +581,8 @@ func (s *snapshotter) leaveOutApplied(ch *chunk) error {
 		return nil
 	}
 	kept := ch.rows[:0]
-	for _, e := range ch.rows {
-		if !foreign[string(e.Key.KeyHash())] {
+	for i, e := range ch.rows {
+		if !foreign[string(hashes[i])] {
 			kept = append(kept, e)
 		}
 	}
