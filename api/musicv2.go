@@ -225,7 +225,7 @@ func musicNotServed(mux *http.ServeMux) http.HandlerFunc {
 
 // setRequestID gives the answer of a path no route serves the request's id, when it is valid.
 func setRequestID(w http.ResponseWriter, r *http.Request) {
-	if id := requestID(r); requestIDRE.MatchString(id) {
+	if id := requestID(r); validRequestID(id) {
 		w.Header().Set(headerRequestID, id)
 	}
 }

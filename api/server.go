@@ -184,7 +184,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	instrumented("/MUSIC/rest/", "music_other", musicNotServed(mux))
 	route("/", "other", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v1/") {
-			if id := requestID(r); requestIDRE.MatchString(id) {
+			if id := requestID(r); validRequestID(id) {
 				w.Header().Set(headerRequestID, id) // every /v1 answer carries one (docs/api.md)
 			}
 		}

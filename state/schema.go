@@ -62,7 +62,19 @@ const (
 // "music_" are reserved.
 const VersionColumn = "music_ts"
 
-var identRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+// identChars reports whether name is lower-case letters, digits and _, starting with a letter
+// (checked on every request, so by hand rather than with a regexp).
+func identChars(name string) bool {
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return len(name) > 0
+}
 
 // ValidateIdentifier checks a keyspace, table or column name: 1-48 bytes of lower-case letters,
 // digits and underscores, starting with a letter, and not in musicd's reserved names. what names
@@ -71,7 +83,7 @@ func ValidateIdentifier(what, name string) error {
 	if len(name) == 0 || len(name) > MaxIdentifierLen {
 		return fmt.Errorf("%w: %s name %q must be 1-%d bytes", ErrInvalid, what, name, MaxIdentifierLen)
 	}
-	if !identRE.MatchString(name) {
+	if !identChars(name) {
 		return fmt.Errorf("%w: %s name %q: use lower-case letters, digits and _, starting with a letter", ErrInvalid, what, name)
 	}
 	if strings.HasPrefix(name, "music_") || strings.HasPrefix(name, "system") {
