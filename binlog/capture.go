@@ -158,7 +158,7 @@ func (c *Capture) Run(ctx context.Context, epoch uint64) (err error) {
 	g := &gate{ctx: runCtx, events: make(chan gated, 256), waitCommits: semiSync} // bounds memory held ahead of the journal
 	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		ServerID: src.ServerID, Flavor: src.Flavor, Host: host, Port: uint16(port), User: src.User, Password: src.Password,
-		UseDecimal: true, TimestampStringLocation: time.UTC,
+		UseDecimal: true, TimestampStringLocation: time.UTC, RowsEventDecodeFunc: decodeRows,
 		// go-mysql would retry forever; our caller retries with backoff instead.
 		MaxReconnectAttempts: 1, DisableRetrySync: true,
 		HeartbeatPeriod: 5 * time.Second, ReadTimeout: 30 * time.Second,
@@ -838,10 +838,9 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			return nil
 		}
 	}
-	for i := range es {
-		es[i].Seq = w.next + uint64(i)
-		es[i].HLC = w.c.clock.Now()
-	}
+	w.c.clock.NowN(len(es), func(i int, t journal.Timestamp) {
+		es[i].Seq, es[i].HLC = w.next+uint64(i), t
+	})
 	b := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(2*time.Minute)), ctx)
 	err := backoff.Retry(func() error {
 		err := w.c.store.Append(ctx, w.c.Stream(), w.epoch, es)

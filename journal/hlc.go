@@ -75,6 +75,26 @@ func (c *Clock) Now() Timestamp {
 	return c.mu.last
 }
 
+// NowN gives n local events in order timestamps like n calls of Now, reading the physical clock
+// once: set is called with i = 0..n-1 and the i-th timestamp, under the clock's lock (set must
+// not use the clock).
+func (c *Clock) NowN(n int, set func(i int, t Timestamp)) {
+	if n <= 0 {
+		return
+	}
+	pt := c.physical().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range n {
+		if i == 0 && pt > c.mu.last.Wall {
+			c.mu.last = Timestamp{Wall: pt}
+		} else {
+			c.mu.last = c.mu.last.tick()
+		}
+		set(i, c.mu.last)
+	}
+}
+
 // Update merges a timestamp received from another site and returns a timestamp for the receive
 // event, greater than both the remote one and every local one.
 func (c *Clock) Update(remote Timestamp) (Timestamp, error) {

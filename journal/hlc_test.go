@@ -101,3 +101,33 @@ func TestHLCConcurrentNowIsStrictlyIncreasing(t *testing.T) {
 		}
 	}
 }
+
+// NowN issues what as many calls of Now would: increasing timestamps after every earlier one,
+// starting at the physical time when it has moved on, and before every later one.
+func TestHLCNowN(t *testing.T) {
+	pt := &fakeTime{t: time.Unix(100, 0)}
+	c := NewClock(pt.now, 0)
+	before := c.Now()
+	var got []Timestamp
+	c.NowN(3, func(i int, ts Timestamp) {
+		if i != len(got) {
+			t.Fatalf("index %d, want %d", i, len(got))
+		}
+		got = append(got, ts)
+	})
+	want := []Timestamp{{before.Wall, 1}, {before.Wall, 2}, {before.Wall, 3}}
+	if len(got) != 3 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+		t.Fatalf("same physical time: %v, want %v", got, want)
+	}
+	pt.set(time.Unix(101, 0))
+	got = got[:0]
+	c.NowN(2, func(_ int, ts Timestamp) { got = append(got, ts) })
+	wall := time.Unix(101, 0).UnixNano()
+	if len(got) != 2 || got[0] != (Timestamp{wall, 0}) || got[1] != (Timestamp{wall, 1}) {
+		t.Fatalf("physical time moved on: %v", got)
+	}
+	if after := c.Now(); !got[1].Less(after) {
+		t.Fatalf("Now after NowN: %v then %v", got[1], after)
+	}
+	c.NowN(0, func(int, Timestamp) { t.Fatal("called for n = 0") })
+}

@@ -1,11 +1,12 @@
 // Command benchreport turns `go test -bench` output into a readable table and appends one JSON
 // object per figure to a results file, so that benchmark results can be tracked over time.
 //
-// Conventions (docs/benchmarks.md): the group of a figure is its top-level benchmark's name without
-// "Benchmark", lower-cased (BenchmarkJournal -> journal); its name is the sub-benchmark path (or
-// "all"). Every metric on the line is a figure. A metric whose unit is "U;baseline=NAME" is not a
-// figure of its own: it is the baseline of the figure with unit U on the same line, and gives it
-// baseline_name NAME, baseline_value and ratio = value / baseline_value.
+// Conventions (docs/development.md, "Benchmarks"): the group of a figure is its top-level
+// benchmark's name without "Benchmark", lower-cased (BenchmarkJournal -> journal); its name is
+// the sub-benchmark path (or "all"). Every metric on the line is a figure. A metric whose unit is
+// "U;baseline=NAME" is not a figure of its own: it is the baseline of the figure with unit U on
+// the same line, and gives it baseline_name NAME, baseline_value and ratio = value /
+// baseline_value.
 package main
 
 import (
