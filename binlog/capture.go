@@ -1,6 +1,7 @@
 package binlog
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -399,56 +400,105 @@ type txWriter struct {
 	cutTx      bool // resuming inside a transaction, not read again yet (the loop's copy of skip > 0)
 }
 
-// appender journals the groups the capture loop hands it, in order, one append each, in a
-// goroutine of its own, so that the loop reads and decodes the next transactions while a group is
-// made durable. At most appendQueue groups wait: memory stays bounded, and the loop waits when the
-// journal is slower than the binlog, as it did when it appended itself.
+// appender journals the groups the capture loop hands it, in order, one append each, in
+// goroutines of their own, so that the loop reads and decodes the next transactions while a group
+// is made durable. One goroutine applies the groups; where the store can apply a batch before its
+// sync (the embedded store's AppendNoWait), a second one waits for each group's sync and then
+// reports it journaled, while the first applies the next group. At most appendQueue groups wait
+// at each step: memory stays bounded, and the loop waits when the journal is slower than the
+// binlog, as it did when it appended itself.
 type appender struct {
 	groups   chan group           // to append, in order
-	free     chan []journal.Entry // buffers of appended groups, for reuse
-	done     chan struct{}        // closed when the goroutine has stopped
-	err      error                // why it stopped (read after done is closed)
-	inFlight atomic.Int32         // groups handed over and not yet appended
-	finished chan struct{}        // signalled (buffer 1) each time a group is appended
+	free     chan []journal.Entry // buffers of journaled groups, for reuse
+	done     chan struct{}        // closed when both goroutines have stopped
+	err      error                // why they stopped (read after done is closed)
+	inFlight atomic.Int32         // groups handed over and not yet applied
+	finished chan struct{}        // signalled (buffer 1) each time a group is applied
 }
 
 type group struct {
 	es         []journal.Entry // empty: a barrier
 	commitTime uint32          // w.commitTime when the group was handed over (lag metric)
-	durable    chan struct{}   // if set, closed once this group and all before it are appended
+	durable    chan struct{}   // if set, closed once this group and all before it are journaled
+	wait       func() error    // set once applied, if the store left the sync to wait for
 }
 
 const appendQueue = 2
 
-// startAppender starts the appender's goroutine; it stops when ctx ends or an append fails, and
-// appends nothing after a failure (the capture stops, and resumes from the journal).
+// noWaitAppender is a store that can apply a batch and leave the wait for its sync to the caller
+// (journal.EmbeddedStore).
+type noWaitAppender interface {
+	AppendNoWait(ctx context.Context, stream string, epoch uint64, entries []journal.Entry) (wait func() error, err error)
+}
+
+// startAppender starts the appender's goroutines; they stop when ctx ends or an append fails, and
+// append nothing after a failure (the capture stops, and resumes from the journal).
 func (w *txWriter) startAppender(ctx context.Context) {
 	a := &appender{groups: make(chan group, appendQueue), free: make(chan []journal.Entry, appendQueue+1), done: make(chan struct{}),
 		finished: make(chan struct{}, 1)}
 	w.app = a
+	ctx, cancel := context.WithCancel(ctx)
+	applied := make(chan group, appendQueue) // closed when the applying goroutine stops
+	var applyErr error                       // why it stopped (read once applied is closed)
 	go func() {
-		defer close(a.done)
+		defer close(applied)
 		for {
 			var g group
 			select {
 			case g = <-a.groups:
 			case <-ctx.Done():
-				a.err = ctx.Err()
+				applyErr = ctx.Err()
 				return
 			}
 			if len(g.es) > 0 {
-				if err := w.append(ctx, g.es, g.commitTime); err != nil {
-					a.err = err
+				var err error
+				if g.es, g.wait, err = w.apply(ctx, g.es); err != nil {
+					applyErr = err
 					return
 				}
-			}
-			if g.durable != nil {
-				close(g.durable)
 			}
 			a.inFlight.Add(-1)
 			select {
 			case a.finished <- struct{}{}:
 			default:
+			}
+			select {
+			case applied <- g:
+			case <-ctx.Done():
+				if g.wait != nil {
+					_ = g.wait() // the store's wait must be called
+				}
+				applyErr = ctx.Err()
+				return
+			}
+		}
+	}()
+	go func() {
+		var err error
+		defer func() {
+			cancel()
+			for g := range applied { // until the applying goroutine has stopped
+				if g.wait != nil {
+					_ = g.wait()
+				}
+			}
+			a.err = cmp.Or(err, applyErr)
+			close(a.done)
+		}()
+		for g := range applied {
+			if g.wait != nil {
+				if err = g.wait(); err != nil {
+					err = fmt.Errorf("source %s: journal %d entries at %d: %w", w.c.cfg.Source.Name, len(g.es), g.es[0].Seq, err)
+					return
+				}
+			}
+			if len(g.es) > 0 {
+				if err = w.journaled(ctx, g.es, g.commitTime); err != nil {
+					return
+				}
+			}
+			if g.durable != nil {
+				close(g.durable)
 			}
 			clear(g.es) // drop the rows' memory now
 			select {
@@ -581,7 +631,13 @@ func (w *txWriter) flush(ctx context.Context) error {
 	if w.app != nil {
 		return w.hand(ctx, nil)
 	}
-	err := w.append(ctx, w.pending, w.commitTime)
+	es, wait, err := w.apply(ctx, w.pending)
+	if err == nil && wait != nil {
+		err = wait()
+	}
+	if err == nil && len(es) > 0 {
+		err = w.journaled(ctx, es, w.commitTime)
+	}
 	w.pending = w.pending[:0]
 	return err
 }
@@ -818,10 +874,11 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 	return w.commit(ctx, h, e.GSet)
 }
 
-// append journals a batch with seqs from w.next, dropping entries already journaled before a
-// restart, retrying transient errors with backoff (the same batch again is safe). commitTime is
-// the source commit time of the last transaction read when the batch was formed.
-func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime uint32) error {
+// apply appends a group with seqs from w.next, dropping entries already journaled before a
+// restart, retrying transient errors with backoff (the same batch again is safe). It returns the
+// entries appended (possibly none). If the store leaves the sync to its caller, they are journaled
+// once wait returns; else wait is nil and they are journaled on return.
+func (w *txWriter) apply(ctx context.Context, es []journal.Entry) (_ []journal.Entry, wait func() error, err error) {
 	if w.skip > 0 {
 		kept := make([]journal.Entry, 0, len(es))
 		for _, e := range es {
@@ -835,24 +892,35 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 			w.skip = 0
 		}
 		if es = kept; len(es) == 0 {
-			return nil
+			return es, nil, nil
 		}
 	}
 	w.c.clock.NowN(len(es), func(i int, t journal.Timestamp) {
 		es[i].Seq, es[i].HLC = w.next+uint64(i), t
 	})
 	b := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(2*time.Minute)), ctx)
-	err := backoff.Retry(func() error {
-		err := w.c.store.Append(ctx, w.c.Stream(), w.epoch, es)
+	err = backoff.Retry(func() error {
+		var err error
+		if nw, ok := w.c.store.(noWaitAppender); ok {
+			wait, err = nw.AppendNoWait(ctx, w.c.Stream(), w.epoch, es)
+		} else {
+			err = w.c.store.Append(ctx, w.c.Stream(), w.epoch, es)
+		}
 		if errors.Is(err, journal.ErrFenced) || errors.Is(err, journal.ErrConflict) || errors.Is(err, journal.ErrInvalid) {
 			return backoff.Permanent(err)
 		}
 		return err
 	}, b)
 	if err != nil {
-		return fmt.Errorf("source %s: journal %d entries at %d (gtid %s): %w", w.c.cfg.Source.Name, len(es), w.next, es[0].Tx.ID, err)
+		return nil, nil, fmt.Errorf("source %s: journal %d entries at %d (gtid %s): %w", w.c.cfg.Source.Name, len(es), w.next, es[0].Tx.ID, err)
 	}
 	w.next += uint64(len(es))
+	return es, wait, nil
+}
+
+// journaled records a journaled group (after apply, and its wait if any): the snapshot state's
+// seq, the time of the last write, metrics, and the OnAppend and OnJournaled callbacks.
+func (w *txWriter) journaled(ctx context.Context, es []journal.Entry, commitTime uint32) error {
 	for i := len(es) - 1; i >= 0; i-- {
 		if e := &es[i]; e.Op == journal.OpMark && e.Statement == stateStatement {
 			// Where a restart finds the snapshot state (a later mark, if this fails).
@@ -914,7 +982,7 @@ func (w *txWriter) append(ctx context.Context, es []journal.Entry, commitTime ui
 		}
 	}
 	if w.c.cfg.OnAppend != nil {
-		w.c.cfg.OnAppend(w.c.Stream(), w.next-1)
+		w.c.cfg.OnAppend(w.c.Stream(), es[len(es)-1].Seq)
 	}
 	if w.c.cfg.OnJournaled != nil {
 		w.c.cfg.OnJournaled(w.c.Stream(), es)

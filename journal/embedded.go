@@ -18,6 +18,10 @@ import (
 // fences and trims of one stream are serialized by a lock stripe; reads take no lock (a Pebble
 // iterator sees a consistent state, and a batch commits entries and head together).
 //
+// Readers see only durable entries. Pebble makes a batch visible once it is applied, before the
+// write-ahead log is synced; so while a stream has appends applied and not yet synced, Read and
+// Head stop at the last entry known to be durable (unsynced).
+//
 // Key layout (stream ids never contain 0x00):
 //
 //	's' stream                  -> epoch, head, low (3 x uint64 big-endian)
@@ -26,6 +30,17 @@ import (
 type EmbeddedStore struct {
 	db      *pebble.DB
 	stripes [256]sync.Mutex
+
+	unsynced struct {
+		sync.Mutex
+		streams map[string]*unsyncedStream // only streams with appends in flight
+	}
+}
+
+// unsyncedStream is a stream with appends applied and not yet known to be durable.
+type unsyncedStream struct {
+	durable  uint64 // the entries up to here are durable: readers see no further
+	inFlight int    // appends registered and not yet durable
 }
 
 var _ Store = (*EmbeddedStore)(nil)
@@ -47,7 +62,9 @@ func OpenEmbedded(dir string, logger *slog.Logger) (*EmbeddedStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: open embedded store %s: %w", dir, err)
 	}
-	return &EmbeddedStore{db: db}, nil
+	s := &EmbeddedStore{db: db}
+	s.unsynced.streams = map[string]*unsyncedStream{}
+	return s, nil
 }
 
 // Close closes the database.
@@ -114,6 +131,24 @@ const maxPooledEncoding = 4 << 20
 
 // Append implements Store.
 func (s *EmbeddedStore) Append(ctx context.Context, stream string, epoch uint64, entries []Entry) error {
+	wait, err := s.append(ctx, stream, epoch, entries)
+	if err != nil {
+		return err
+	}
+	return wait()
+}
+
+// AppendNoWait is Append in two steps, so that a writer can apply its next batch while this one's
+// sync is under way: it returns once the batch is applied to the stream (after every earlier
+// append of the stream, before every later one), and wait, which must be called, returns once the
+// batch is durable. Readers see the entries only after wait has returned (and once every earlier
+// append of the stream is durable too).
+func (s *EmbeddedStore) AppendNoWait(ctx context.Context, stream string, epoch uint64, entries []Entry) (wait func() error, err error) {
+	return s.append(ctx, stream, epoch, entries)
+}
+
+// append applies a batch and returns the wait for its sync (Append and AppendNoWait).
+func (s *EmbeddedStore) append(ctx context.Context, stream string, epoch uint64, entries []Entry) (func() error, error) {
 	buf := encodeBuffers.Get().(*encodeBuffer)
 	defer func() {
 		if cap(buf.data) <= maxPooledEncoding {
@@ -123,31 +158,39 @@ func (s *EmbeddedStore) Append(ctx context.Context, stream string, epoch uint64,
 	}()
 	encoded, err := buf.prepare(stream, epoch, entries)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	first, last := entries[0].Seq, entries[len(entries)-1].Seq
 	defer s.lock(stream)()
 	h, err := s.getMeta(stream)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if epoch < h.Epoch {
-		return fmt.Errorf("%w: stream %s: epoch %d < %d", ErrFenced, stream, epoch, h.Epoch)
+		return nil, fmt.Errorf("%w: stream %s: epoch %d < %d", ErrFenced, stream, epoch, h.Epoch)
 	}
 	if first != h.Seq+1 {
 		if last <= h.Seq && first > h.Low && epoch == h.Epoch {
 			same, err := s.sameEntries(stream, first, encoded)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if same {
-				return nil // a retry of a batch that is already stored
+				// A retry of a batch that is already stored, and maybe not yet synced: a sync of
+				// the log makes it durable with everything before it.
+				return func() error {
+					if err := s.db.LogData(nil, pebble.Sync); err != nil {
+						return fmt.Errorf("journal: stream %s: sync: %w", stream, err)
+					}
+					s.durableTo(stream, last, false)
+					return nil
+				}, nil
 			}
 		}
-		return fmt.Errorf("%w: stream %s: batch %d-%d, head %d", ErrConflict, stream, first, last, h.Seq)
+		return nil, fmt.Errorf("%w: stream %s: batch %d-%d, head %d", ErrConflict, stream, first, last, h.Seq)
 	}
 	// Room for every record at once (kind, key and value with their varint lengths, the head).
 	size := 12 + 64 + len(metaKey(stream))
@@ -155,24 +198,88 @@ func (s *EmbeddedStore) Append(ctx context.Context, stream string, epoch uint64,
 		size += 1 + 2*binary.MaxVarintLen32 + len(stream) + 10 + len(data)
 	}
 	b := s.db.NewBatchWithSize(size)
-	defer b.Close()
 	prefix := entryPrefix(stream)
 	key := make([]byte, len(prefix), len(prefix)+8)
 	copy(key, prefix)
 	for i, data := range encoded {
 		key = binary.BigEndian.AppendUint64(key[:len(prefix)], first+uint64(i)) // = entryKey(stream, seq)
 		if err := b.Set(key, data, nil); err != nil {
-			return fmt.Errorf("journal: stream %s: %w", stream, err)
+			b.Close()
+			return nil, fmt.Errorf("journal: stream %s: %w", stream, err)
 		}
 	}
 	h.Seq, h.Epoch = last, epoch
 	if err := b.Set(metaKey(stream), encodeMeta(h), nil); err != nil {
-		return fmt.Errorf("journal: stream %s: %w", stream, err)
+		b.Close()
+		return nil, fmt.Errorf("journal: stream %s: %w", stream, err)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("journal: stream %s: append %d-%d: %w", stream, first, last, err)
+	// Registered before the commit makes the entries visible to Pebble's readers.
+	s.registerUnsynced(stream, first-1)
+	// Pebble's ApplyNoSyncWait (marked experimental, used by CockroachDB for its Raft log) applies
+	// the batch and leaves the wait for the log sync to SyncWait: Append waits at once, after the
+	// stream's lock is released; AppendNoWait leaves it to its caller.
+	if err := s.db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
+		s.durableTo(stream, first-1, true) // nothing was applied
+		b.Close()
+		return nil, fmt.Errorf("journal: stream %s: append %d-%d: %w", stream, first, last, err)
 	}
-	return nil
+	var once sync.Once
+	var syncErr error
+	wait := func() error {
+		once.Do(func() {
+			defer b.Close()
+			if syncErr = b.SyncWait(); syncErr != nil {
+				// Pebble treats a failed log sync as fatal (pebbleLogger.Fatalf panics); the
+				// entries stay invisible if it ever returns.
+				syncErr = fmt.Errorf("journal: stream %s: append %d-%d: sync: %w", stream, first, last, syncErr)
+				return
+			}
+			s.durableTo(stream, last, true)
+		})
+		return syncErr
+	}
+	return wait, nil
+}
+
+// registerUnsynced records an append of stream in flight, whose entries after durable (the head
+// before it) readers must not see until it is synced.
+func (s *EmbeddedStore) registerUnsynced(stream string, durable uint64) {
+	s.unsynced.Lock()
+	defer s.unsynced.Unlock()
+	u := s.unsynced.streams[stream]
+	if u == nil {
+		u = &unsyncedStream{durable: durable}
+		s.unsynced.streams[stream] = u
+	}
+	u.inFlight++
+}
+
+// durableTo records that the entries of stream up to seq are durable, and if done that one append
+// in flight has ended. A log sync makes everything before it durable, so the mark only moves up.
+func (s *EmbeddedStore) durableTo(stream string, seq uint64, done bool) {
+	s.unsynced.Lock()
+	defer s.unsynced.Unlock()
+	u := s.unsynced.streams[stream]
+	if u == nil {
+		return // nothing in flight: everything is visible
+	}
+	u.durable = max(u.durable, seq)
+	if done {
+		if u.inFlight--; u.inFlight == 0 {
+			delete(s.unsynced.streams, stream) // everything applied is durable
+		}
+	}
+}
+
+// visible returns h with its head lowered to the last durable entry, if appends of stream are in
+// flight. h must have been read before the call.
+func (s *EmbeddedStore) visible(stream string, h Head) Head {
+	s.unsynced.Lock()
+	defer s.unsynced.Unlock()
+	if u := s.unsynced.streams[stream]; u != nil && u.durable < h.Seq {
+		h.Seq = max(u.durable, h.Low)
+	}
+	return h
 }
 
 func (s *EmbeddedStore) sameEntries(stream string, first uint64, encoded [][]byte) (bool, error) {
@@ -205,7 +312,7 @@ func (s *EmbeddedStore) Read(ctx context.Context, stream string, from uint64, ma
 	if err != nil {
 		return nil, err
 	}
-	to, ok, err := readBounds(stream, h, from, max)
+	to, ok, err := readBounds(stream, s.visible(stream, h), from, max)
 	if !ok {
 		return nil, err
 	}
@@ -242,7 +349,11 @@ func (s *EmbeddedStore) Head(ctx context.Context, stream string) (Head, error) {
 	if err := ValidateStreamID(stream); err != nil {
 		return Head{}, err
 	}
-	return s.getMeta(stream)
+	h, err := s.getMeta(stream)
+	if err != nil {
+		return Head{}, err
+	}
+	return s.visible(stream, h), nil
 }
 
 // Fence implements Store.
@@ -336,7 +447,7 @@ func (s *EmbeddedStore) Trim(ctx context.Context, stream string, below uint64) e
 	if err != nil {
 		return err
 	}
-	if below > h.Seq+1 {
+	if below > s.visible(stream, h).Seq+1 {
 		return fmt.Errorf("%w: stream %s: trim below %d past head %d", ErrInvalid, stream, below, h.Seq)
 	}
 	if below <= h.Low+1 {
