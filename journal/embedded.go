@@ -219,7 +219,7 @@ func (s *EmbeddedStore) append(ctx context.Context, stream string, epoch uint64,
 	// the batch and leaves the wait for the log sync to SyncWait: Append waits at once, after the
 	// stream's lock is released; AppendNoWait leaves it to its caller.
 	if err := s.db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
-		s.durableTo(stream, first-1, true) // nothing was applied
+		s.durableTo(stream, 0, true) // nothing was applied: the mark stays where it is
 		b.Close()
 		return nil, fmt.Errorf("journal: stream %s: append %d-%d: %w", stream, first, last, err)
 	}
