@@ -39,7 +39,8 @@ type CaptureConfig struct {
 	// Run). It must not block.
 	OnAppend func(stream string, seq uint64)
 	// OnJournaled, if set, is given the entries of each successful append (after OnAppend's
-	// stream has them), on the capture's goroutine: it must not block nor keep the slice.
+	// stream has them), on the goroutine that calls OnAppend: it must not block nor keep the
+	// slice.
 	// Ownership checks captured rows with it (rows written at a site that does not own them).
 	OnJournaled func(stream string, entries []journal.Entry)
 	// Metrics, if set, receives the capture's figures.
