@@ -25,6 +25,7 @@ type tableSchema struct {
 	collation       map[int]uint64
 	enums, sets     map[int][]string
 	pk              []int
+	pkPrefix        bool   // the primary key is the first len(pk) columns, in order
 	version         uint64 // a hash of the above: changes when the table's shape changes
 	sync            bool   // the table's policy mode is sync
 }
@@ -55,6 +56,7 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 	for _, i := range t.PrimaryKey {
 		s.pk = append(s.pk, int(i))
 	}
+	s.pkPrefix = isPrefix(s.pk)
 	fmt.Fprintf(h, "%v", s.pk)
 	s.version = h.Sum64()
 	return s, nil
@@ -91,7 +93,9 @@ func decodeRows(e *replication.RowsEvent, data []byte) error {
 
 // rowKey converts a decoded binlog row into a journal row, column by column, and if withKey also
 // returns its primary key columns (nil if the table has none). Row and key are carved from
-// fields; each is capped to its length, so appending to one never overwrites another.
+// fields; each is capped to its length, so appending to one never overwrites another. A key made
+// of the row's first columns, in order, is the start of the row itself (rows are not changed once
+// made).
 func (s *tableSchema) rowKey(values []any, withKey bool, fields *fieldSlab) (journal.Row, journal.Row, error) {
 	if len(values) != len(s.names) {
 		return nil, nil, fmt.Errorf("table %s.%s: row of %d values for %d columns", s.database, s.table, len(values), len(s.names))
@@ -100,17 +104,26 @@ func (s *tableSchema) rowKey(values []any, withKey bool, fields *fieldSlab) (jou
 	if withKey {
 		nk = len(s.pk)
 	}
-	all := fields.take(len(values) + nk)
+	shared := s.pkPrefix && nk <= len(values)
+	n := len(values)
+	if !shared {
+		n += nk
+	}
+	all := fields.take(n)
 	r := all[:len(values):len(values)]
 	for i, v := range values {
-		val, err := s.value(i, v)
-		if err != nil {
+		f := &r[i]
+		f.Name = s.names[i]
+		var err error
+		if f.Value, err = s.value(i, v); err != nil {
 			return nil, nil, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
 		}
-		r[i] = journal.Field{Name: s.names[i], Value: val}
 	}
 	if nk == 0 {
 		return r, nil, nil
+	}
+	if shared {
+		return r, r[:nk:nk], nil
 	}
 	k := all[len(values):len(values)]
 	for _, i := range s.pk {
@@ -119,6 +132,16 @@ func (s *tableSchema) rowKey(values []any, withKey bool, fields *fieldSlab) (jou
 		}
 	}
 	return r, k, nil
+}
+
+// isPrefix reports whether columns are 0, 1, ... in order.
+func isPrefix(columns []int) bool {
+	for j, i := range columns {
+		if i != j {
+			return false
+		}
+	}
+	return true
 }
 
 // fieldSlab hands out the fields of rows from shared blocks: one allocation for many rows rather
