@@ -435,7 +435,9 @@ type noWaitAppender interface {
 // startAppender starts the appender's goroutines; they stop when ctx ends or an append fails, and
 // append nothing after a failure (the capture stops, and resumes from the journal).
 func (w *txWriter) startAppender(ctx context.Context) {
-	a := &appender{groups: make(chan group, appendQueue), free: make(chan []journal.Entry, appendQueue+1), done: make(chan struct{}),
+	// Up to appendQueue groups wait to be applied and as many to be synced, one of each is being
+	// applied and synced, and one is being filled: their buffers go round without reallocation.
+	a := &appender{groups: make(chan group, appendQueue), free: make(chan []journal.Entry, 2*appendQueue+2), done: make(chan struct{}),
 		finished: make(chan struct{}, 1)}
 	w.app = a
 	ctx, cancel := context.WithCancel(ctx)
