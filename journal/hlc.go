@@ -67,6 +67,11 @@ func (c *Clock) Now() Timestamp {
 	pt := c.physical().UnixNano()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.nextLocked(pt)
+}
+
+// nextLocked issues the next local timestamp at physical time pt; c.mu is held.
+func (c *Clock) nextLocked(pt int64) Timestamp {
 	if pt > c.mu.last.Wall {
 		c.mu.last = Timestamp{Wall: pt}
 	} else {
@@ -86,12 +91,7 @@ func (c *Clock) NowN(n int, set func(i int, t Timestamp)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range n {
-		if i == 0 && pt > c.mu.last.Wall {
-			c.mu.last = Timestamp{Wall: pt}
-		} else {
-			c.mu.last = c.mu.last.tick()
-		}
-		set(i, c.mu.last)
+		set(i, c.nextLocked(pt)) // after the first, the clock is at pt or later: it ticks
 	}
 }
 
