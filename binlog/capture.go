@@ -725,15 +725,22 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 	w.txSync = w.txSync || s.sync
 	var op journal.Op
 	step := 1
+	// MariaDB writes rows events compressed (the _COMPRESSED_ types) when log_bin_compress is
+	// on; go-mysql has decompressed them. Any other rows event (MySQL's partial JSON updates)
+	// does not carry whole rows: the capture stops rather than lose the change.
 	switch h.EventType {
-	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2:
+	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2,
+		replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:
 		op = journal.OpInsert
-	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2:
+	case replication.UPDATE_ROWS_EVENTv0, replication.UPDATE_ROWS_EVENTv1, replication.UPDATE_ROWS_EVENTv2,
+		replication.MARIADB_UPDATE_ROWS_COMPRESSED_EVENT_V1:
 		op, step = journal.OpUpdate, 2
-	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2:
+	case replication.DELETE_ROWS_EVENTv0, replication.DELETE_ROWS_EVENTv1, replication.DELETE_ROWS_EVENTv2,
+		replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1:
 		op = journal.OpDelete
 	default:
-		return nil
+		return fmt.Errorf("%w: source %s gtid %s: table %s.%s: rows event %s does not carry whole rows (binlog_row_value_options must be empty)",
+			ErrNotCapturable, w.c.cfg.Source.Name, w.gtid, s.database, s.table, h.EventType)
 	}
 	for i := 0; i+step <= len(e.Rows); i += step {
 		// The key is taken from the only image of an insert or delete, from the after image of

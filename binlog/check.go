@@ -29,6 +29,9 @@ func settingsProblems(vars map[string]string, flavor string, replicaID uint32, s
 	if flavor == mysql.MySQLFlavor {
 		want("gtid_mode", "ON", "capture positions are GTIDs")
 		want("enforce_gtid_consistency", "ON", "GTIDs for every transaction")
+		if v := vars["binlog_row_value_options"]; v != "" {
+			out = append(out, fmt.Sprintf("binlog_row_value_options is %s: set binlog_row_value_options='' (partial JSON updates do not carry whole rows)", v))
+		}
 	}
 	if semiSync {
 		want("rpl_semi_sync_master_enabled", "ON", "sync tables are acknowledged to the source only once journaled")
@@ -46,7 +49,7 @@ func settingsProblems(vars map[string]string, flavor string, replicaID uint32, s
 func checkServer(ctx context.Context, conn *client.Conn, src SourceConfig) error {
 	names := []string{"log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "server_id", "rpl_semi_sync_master_enabled"}
 	if src.Flavor == mysql.MySQLFlavor {
-		names = append(names, "gtid_mode", "enforce_gtid_consistency")
+		names = append(names, "gtid_mode", "enforce_gtid_consistency", "binlog_row_value_options")
 	}
 	quoted := make([]string, len(names))
 	for i, n := range names {
