@@ -742,10 +742,34 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 		return fmt.Errorf("%w: source %s gtid %s: table %s.%s: rows event %s does not carry whole rows (binlog_row_value_options must be empty)",
 			ErrNotCapturable, w.c.cfg.Source.Name, w.gtid, s.database, s.table, h.EventType)
 	}
-	for i := 0; i+step <= len(e.Rows); i += step {
-		// The key is taken from the only image of an insert or delete, from the after image of
-		// an update.
-		first, key, err := s.rowKey(e.Rows[i], op != journal.OpUpdate, &w.fields)
+	imgs, deferred := deferredImages(e)
+	fast := deferred && s.fast && !compressed(h.EventType) && int(e.ColumnCount) == len(s.names) &&
+		fullBitmap(e.ColumnBitmap1, len(s.names)) && (step == 1 || fullBitmap(e.ColumnBitmap2, len(s.names)))
+	if deferred && !fast {
+		if err := goMySQLRows(e, imgs); err != nil {
+			return fmt.Errorf("source %s gtid %s: table %s.%s: %w", w.c.cfg.Source.Name, w.gtid, s.database, s.table, err)
+		}
+	}
+	// next decodes the next row image: the key is taken from the only image of an insert or
+	// delete, from the after image of an update.
+	data, i := imgs.data[imgs.pos:], 0
+	more := func() bool {
+		if fast {
+			return len(data) > 0
+		}
+		return i+step <= len(e.Rows)
+	}
+	next := func(withKey bool) (journal.Row, journal.Row, error) {
+		if !fast {
+			i++
+			return s.rowKey(e.Rows[i-1], withKey, &w.fields)
+		}
+		r, k, n, err := s.imageRow(data, withKey, &w.fields)
+		data = data[n:]
+		return r, k, err
+	}
+	for more() {
+		first, key, err := next(op != journal.OpUpdate)
 		if err != nil {
 			return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
 		}
@@ -756,7 +780,7 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 		case journal.OpDelete:
 			entry.Before, entry.Key = first, key
 		case journal.OpUpdate:
-			after, key, err := s.rowKey(e.Rows[i+1], true, &w.fields)
+			after, key, err := next(true)
 			if err != nil {
 				return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
 			}
@@ -767,6 +791,13 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 		}
 	}
 	return nil
+}
+
+// compressed reports whether t is a compressed rows event type (decompressed by go-mysql when it
+// decodes the rows).
+func compressed(t replication.EventType) bool {
+	return t == replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1 || t == replication.MARIADB_UPDATE_ROWS_COMPRESSED_EVENT_V1 ||
+		t == replication.MARIADB_DELETE_ROWS_COMPRESSED_EVENT_V1
 }
 
 // add puts an entry of the current transaction in the buffer, journaling a chunk when the

@@ -1,6 +1,7 @@
 package binlog
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"strings"
@@ -26,6 +27,7 @@ type tableSchema struct {
 	enums, sets     map[int][]string
 	pk              []int
 	pkPrefix        bool   // the primary key is the first len(pk) columns, in order
+	fast            bool   // every column is of a type decodeImage reads (fastType)
 	version         uint64 // a hash of the above: changes when the table's shape changes
 	sync            bool   // the table's policy mode is sync
 }
@@ -53,6 +55,10 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 		s.types = append(s.types, typ)
 		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%v\x00%d\x00%q\x00%q\x01", names[i], typ, t.ColumnMeta[i], s.unsigned[i], s.collation[i], s.enums[i], s.sets[i])
 	}
+	s.fast = true
+	for i, typ := range s.types {
+		s.fast = s.fast && fastType(typ, s.meta[i])
+	}
 	for _, i := range t.PrimaryKey {
 		s.pk = append(s.pk, int(i))
 	}
@@ -62,22 +68,49 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 	return s, nil
 }
 
-// decodeRows is the syncer's RowsEventDecodeFunc: go-mysql's own decoding, without the signedness
-// of integer columns. go-mysql rebuilds a map of the columns' signedness from the TABLE_MAP event
-// for every row image it decodes (about 7% of the capture's CPU, measured); without the
-// signedness it decodes integers as signed, and value reads them back as unsigned where
-// tableSchema says so. Only integer decoding depends on signedness.
-//
-// go-mysql (v1.16.0) decodes row images with the table map's column types and metadata alone, so
-// it is given a table map of just those, copied field by field: the capture's goroutine meanwhile
-// reads the parser's table map, whose accessors fill caches in it. The rows event gets the
-// parser's table map back before it reaches the capture. TestCaptureTypesExactly holds every type
-// to its exact value, unsigned extremes included.
+// decodeRows is the syncer's RowsEventDecodeFunc. It decodes the event's header only and leaves
+// the row images, as rowImages in e.Rows[0][0], to the capture's goroutine, which decodes only
+// the events of captured tables: those of a table whose columns are all of common types
+// (fastType) it decodes itself, straight into journal rows (tableSchema.imageRow); the others it
+// has go-mysql decode (goMySQLRows). Decoding itself saves go-mysql's row of interfaces, a boxed
+// value per column, and a conversion of each: about a third of the capture's CPU per row went to
+// decoding and converting (docs/decisions/0013-row-decoding.md).
 func decodeRows(e *replication.RowsEvent, data []byte) error {
 	pos, err := e.DecodeHeader(data)
 	if err != nil {
 		return err
 	}
+	e.Rows = [][]any{{rowImages{data: data, pos: pos}}}
+	return nil
+}
+
+// rowImages are a rows event's row images as the server wrote them, from data[pos:]: a slice of
+// the buffer go-mysql read the event into, as go-mysql's own events keep (ColumnBitmap1, decoded
+// strings). go-mysql (v1.16.0) reads every packet into a buffer of its own.
+type rowImages struct {
+	data []byte
+	pos  int
+}
+
+// deferredImages returns the row images decodeRows left in e.
+func deferredImages(e *replication.RowsEvent) (rowImages, bool) {
+	if len(e.Rows) != 1 || len(e.Rows[0]) != 1 {
+		return rowImages{}, false
+	}
+	imgs, ok := e.Rows[0][0].(rowImages)
+	return imgs, ok
+}
+
+// goMySQLRows has go-mysql decode the row images decodeRows left in e, into e.Rows, without the
+// signedness of integer columns. go-mysql rebuilds a map of the columns' signedness from the
+// TABLE_MAP event for every row image it decodes (about 7% of the capture's CPU, measured);
+// without the signedness it decodes integers as signed, and value reads them back as unsigned
+// where tableSchema says so. Only integer decoding depends on signedness. go-mysql decodes row
+// images with the table map's column types and metadata alone, so it is given a table map of
+// just those, copied field by field (a copy of the whole struct would read the caches that the
+// table map's accessors fill). TestCaptureTypesExactly holds every type to its exact value,
+// unsigned extremes included.
+func goMySQLRows(e *replication.RowsEvent, imgs rowImages) error {
 	t := e.Table
 	if t != nil && len(t.SignednessBitmap) > 0 {
 		e.Table = &replication.TableMapEvent{
@@ -86,7 +119,147 @@ func decodeRows(e *replication.RowsEvent, data []byte) error {
 		}
 		defer func() { e.Table = t }()
 	}
-	return e.DecodeData(pos, data)
+	e.Rows = nil
+	return e.DecodeData(imgs.pos, imgs.data)
+}
+
+// fastType reports whether decodeImage reads columns of real type typ with metadata meta:
+// integers, FLOAT, DOUBLE, CHAR, VARCHAR, BINARY, VARBINARY, TEXT and BLOB.
+func fastType(typ byte, meta uint16) bool {
+	switch typ {
+	case mysql.MYSQL_TYPE_TINY, mysql.MYSQL_TYPE_SHORT, mysql.MYSQL_TYPE_INT24, mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_LONGLONG,
+		mysql.MYSQL_TYPE_FLOAT, mysql.MYSQL_TYPE_DOUBLE, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_STRING:
+		return true
+	case mysql.MYSQL_TYPE_BLOB:
+		return meta >= 1 && meta <= 4
+	}
+	return false
+}
+
+// fullBitmap reports whether bitmap has the bits of all n columns set (a full row image).
+func fullBitmap(bitmap []byte, n int) bool {
+	if len(bitmap) < (n+7)/8 {
+		return false
+	}
+	for i := range n {
+		if bitmap[i>>3]&(1<<(i&7)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// errTruncated is a row image that ends before its columns do.
+var errTruncated = errors.New("row image truncated")
+
+// imageRow decodes the full row image at the start of data (every column present: the capture
+// checks the event's bitmaps), for a table whose columns are all fastType, into a journal row
+// and, if withKey, its primary key (as rowKey), and returns the bytes it read.
+func (s *tableSchema) imageRow(data []byte, withKey bool, fields *fieldSlab) (journal.Row, journal.Row, int, error) {
+	nulls := (len(s.names) + 7) / 8
+	if len(data) < nulls {
+		return nil, nil, 0, fmt.Errorf("table %s.%s: %w", s.database, s.table, errTruncated)
+	}
+	r, rest := s.newRow(withKey, fields)
+	pos := nulls
+	for i := range r {
+		f := &r[i]
+		f.Name = s.names[i]
+		if data[i>>3]&(1<<(i&7)) != 0 {
+			continue // the zero Value is NULL
+		}
+		n, err := s.decodeValue(i, data[pos:], &f.Value)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
+		}
+		pos += n
+	}
+	return r, s.keyOf(r, rest, withKey), pos, nil
+}
+
+// decodeValue decodes the value of column i (of a fastType) at the start of b into v, exactly as
+// value converts go-mysql's decoding of it, and returns its length in the image.
+func (s *tableSchema) decodeValue(i int, b []byte, v *journal.Value) (int, error) {
+	typ := s.types[i]
+	var n int
+	switch typ {
+	case mysql.MYSQL_TYPE_TINY:
+		n = 1
+	case mysql.MYSQL_TYPE_SHORT:
+		n = 2
+	case mysql.MYSQL_TYPE_INT24:
+		n = 3
+	case mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_FLOAT:
+		n = 4
+	case mysql.MYSQL_TYPE_LONGLONG, mysql.MYSQL_TYPE_DOUBLE:
+		n = 8
+	default:
+		return s.decodeText(i, b, v)
+	}
+	if len(b) < n {
+		return 0, errTruncated
+	}
+	switch typ {
+	case mysql.MYSQL_TYPE_FLOAT:
+		*v = journal.Value{Kind: journal.KindFloat32, Float: float64(mysql.ParseBinaryFloat32(b))}
+	case mysql.MYSQL_TYPE_DOUBLE:
+		*v = journal.Float64(mysql.ParseBinaryFloat64(b))
+	default:
+		var u uint64
+		for k := n - 1; k >= 0; k-- {
+			u = u<<8 | uint64(b[k])
+		}
+		if s.unsigned[i] {
+			*v = journal.Uint(u)
+		} else {
+			shift := 64 - 8*n
+			*v = journal.Int(int64(u<<shift) >> shift) // sign-extended from its width
+		}
+	}
+	return n, nil
+}
+
+// decodeText decodes a CHAR, VARCHAR, BINARY, VARBINARY, TEXT or BLOB value: a length of 1 to 4
+// bytes (by the type and its metadata), then the bytes, converted by the column's collation.
+func (s *tableSchema) decodeText(i int, b []byte, v *journal.Value) (int, error) {
+	var lenBytes int
+	switch s.types[i] {
+	case mysql.MYSQL_TYPE_BLOB:
+		lenBytes = int(s.meta[i])
+	case mysql.MYSQL_TYPE_STRING:
+		lenBytes = 1
+		if fixedLength(s.meta[i]) >= 256 {
+			lenBytes = 2
+		}
+	default: // VARCHAR: the metadata is the maximum length in bytes
+		lenBytes = 1
+		if s.meta[i] >= 256 {
+			lenBytes = 2
+		}
+	}
+	if len(b) < lenBytes {
+		return 0, errTruncated
+	}
+	length := 0
+	for k := lenBytes - 1; k >= 0; k-- {
+		length = length<<8 | int(b[k])
+	}
+	if len(b)-lenBytes < length {
+		return 0, errTruncated
+	}
+	*v = text(b[lenBytes:lenBytes+length], s.collation[i])
+	if s.types[i] == mysql.MYSQL_TYPE_STRING {
+		binaryPadding(v, s.meta[i])
+	}
+	return lenBytes + length, nil
+}
+
+// binaryPadding gives a BINARY(n) value back the trailing zero bytes that the row image leaves
+// out.
+func binaryPadding(v *journal.Value, meta uint16) {
+	if n := fixedLength(meta); v.Kind == journal.KindBytes && len(v.Bytes) < n {
+		v.Bytes = append(v.Bytes, make([]byte, n-len(v.Bytes))...)
+	}
 }
 
 // rowKey converts a decoded binlog row into a journal row, column by column, and if withKey also
@@ -98,17 +271,7 @@ func (s *tableSchema) rowKey(values []any, withKey bool, fields *fieldSlab) (jou
 	if len(values) != len(s.names) {
 		return nil, nil, fmt.Errorf("table %s.%s: row of %d values for %d columns", s.database, s.table, len(values), len(s.names))
 	}
-	nk := 0
-	if withKey {
-		nk = len(s.pk)
-	}
-	shared := s.pkPrefix && nk <= len(values)
-	n := len(values)
-	if !shared {
-		n += nk
-	}
-	all := fields.take(n)
-	r := all[:len(values):len(values)]
+	r, rest := s.newRow(withKey, fields)
 	for i, v := range values {
 		f := &r[i]
 		f.Name = s.names[i]
@@ -117,19 +280,35 @@ func (s *tableSchema) rowKey(values []any, withKey bool, fields *fieldSlab) (jou
 			return nil, nil, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
 		}
 	}
-	if nk == 0 {
-		return r, nil, nil
+	return r, s.keyOf(r, rest, withKey), nil
+}
+
+// newRow takes a row of the table's columns from fields and, if withKey and the key is not the
+// start of the row, room for the key after it (rest, empty with that capacity).
+func (s *tableSchema) newRow(withKey bool, fields *fieldSlab) (r, rest journal.Row) {
+	n := len(s.names)
+	if withKey && !s.pkPrefix {
+		n += len(s.pk)
 	}
-	if shared {
-		return r, r[:nk:nk], nil
+	all := fields.take(n)
+	return all[:len(s.names):len(s.names)], all[len(s.names):len(s.names)]
+}
+
+// keyOf is the primary key of row r (nil without withKey or a key), made in rest (newRow).
+func (s *tableSchema) keyOf(r, rest journal.Row, withKey bool) journal.Row {
+	nk := len(s.pk)
+	if !withKey || nk == 0 {
+		return nil
 	}
-	k := all[len(values):len(values)]
+	if s.pkPrefix {
+		return r[:nk:nk]
+	}
 	for _, i := range s.pk {
 		if i < len(r) {
-			k = append(k, r[i])
+			rest = append(rest, r[i])
 		}
 	}
-	return r, k, nil
+	return rest
 }
 
 // isPrefix reports whether columns are 0, 1, ... in order.
@@ -277,11 +456,8 @@ func (s *tableSchema) value(i int, v any) (journal.Value, error) {
 		default:
 			return journal.Value{}, fmt.Errorf("unexpected %T", v)
 		}
-		if s.types[i] == mysql.MYSQL_TYPE_STRING && val.Kind == journal.KindBytes {
-			// BINARY(n) keeps its trailing zero bytes, which the row image leaves out.
-			if n := fixedLength(s.meta[i]); len(val.Bytes) < n {
-				val.Bytes = append(val.Bytes, make([]byte, n-len(val.Bytes))...)
-			}
+		if s.types[i] == mysql.MYSQL_TYPE_STRING {
+			binaryPadding(&val, s.meta[i])
 		}
 		return val, nil
 	}
