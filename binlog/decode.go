@@ -27,7 +27,7 @@ type tableSchema struct {
 	enums, sets     map[int][]string
 	pk              []int
 	pkPrefix        bool   // the primary key is the first len(pk) columns, in order
-	fast            bool   // every column is of a type decodeImage reads (fastType)
+	fast            bool   // every column is of a type imageRow reads (fastType)
 	version         uint64 // a hash of the above: changes when the table's shape changes
 	sync            bool   // the table's policy mode is sync
 }
@@ -123,7 +123,7 @@ func goMySQLRows(e *replication.RowsEvent, imgs rowImages) error {
 	return e.DecodeData(imgs.pos, imgs.data)
 }
 
-// fastType reports whether decodeImage reads columns of real type typ with metadata meta:
+// fastType reports whether imageRow reads columns of real type typ with metadata meta:
 // integers, FLOAT, DOUBLE, CHAR, VARCHAR, BINARY, VARBINARY, TEXT and BLOB.
 func fastType(typ byte, meta uint16) bool {
 	switch typ {
@@ -205,10 +205,7 @@ func (s *tableSchema) decodeValue(i int, b []byte, v *journal.Value) (int, error
 	case mysql.MYSQL_TYPE_DOUBLE:
 		*v = journal.Float64(mysql.ParseBinaryFloat64(b))
 	default:
-		var u uint64
-		for k := n - 1; k >= 0; k-- {
-			u = u<<8 | uint64(b[k])
-		}
+		u := mysql.FixedLengthInt(b[:n]) // little-endian
 		if s.unsigned[i] {
 			*v = journal.Uint(u)
 		} else {
@@ -240,10 +237,7 @@ func (s *tableSchema) decodeText(i int, b []byte, v *journal.Value) (int, error)
 	if len(b) < lenBytes {
 		return 0, errTruncated
 	}
-	length := 0
-	for k := lenBytes - 1; k >= 0; k-- {
-		length = length<<8 | int(b[k])
-	}
+	length := int(mysql.FixedLengthInt(b[:lenBytes]))
 	if len(b)-lenBytes < length {
 		return 0, errTruncated
 	}
