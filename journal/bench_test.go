@@ -2,6 +2,7 @@ package journal
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"slices"
@@ -34,23 +35,32 @@ func BenchmarkJournal(b *testing.B) {
 			}
 			batch := s.db.NewBatch()
 			defer batch.Close()
-			for i, data := range enc {
-				if err := batch.Set(entryKey(stream, es[i].Seq), data, nil); err != nil {
-					return err
-				}
+			err = blocks(enc, func(i int, block [][]byte) error {
+				return batch.Set(blockKey(stream, es[i+len(block)-1].Seq), appendBlock(nil, block), nil)
+			})
+			if err != nil {
+				return err
 			}
 			return batch.Commit(pebble.Sync)
 		}
 		rawRead := func(ctx context.Context, stream string, from uint64, n int) (int, error) {
-			it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(stream, from), UpperBound: entryKey(stream, from+uint64(n))})
+			it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: blockKey(stream, from), UpperBound: blockKey(stream, from+uint64(n)+blockEntries)})
 			if err != nil {
 				return 0, err
 			}
 			defer it.Close()
 			got := 0
-			for ok := it.First(); ok; ok = it.Next() {
-				_ = it.Value()
-				got++
+			for ok := it.First(); ok && got < n; ok = it.Next() {
+				last := binary.BigEndian.Uint64(it.Key()[len(it.Key())-8:])
+				err := scanBlock(it.Value(), last, func(seq uint64, _ []byte) bool {
+					if seq >= from {
+						got++
+					}
+					return got < n
+				})
+				if err != nil {
+					return got, err
+				}
 			}
 			return got, it.Error()
 		}
