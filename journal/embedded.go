@@ -397,12 +397,13 @@ func (s *EmbeddedStore) append(ctx context.Context, stream string, epoch uint64,
 		}
 		return nil, fmt.Errorf("%w: stream %s: batch %d-%d, head %d", ErrConflict, stream, first, last, h.Seq)
 	}
-	// Room for every record at once (kind, key and value with their varint lengths, the head).
-	all := blockSize(encoded)
-	size := 12 + 64 + len(metaKey(stream)) + all +
-		(len(encoded)/blockEntries+all/blockBytes+2)*(1+2*binary.MaxVarintLen32+binary.MaxVarintLen32+len(stream)+10)
-	b := s.db.NewBatchWithSize(size)
+	// Room for every record at once: the entries, and per block its kind, key, lengths and count
+	// (at most one block per blockEntries entries or blockBytes bytes, plus the last); the head.
 	prefix := blockPrefix(stream)
+	all := blockSize(encoded)
+	maxBlocks := len(encoded)/blockEntries + all/blockBytes + 1
+	perBlock := 1 + len(prefix) + 8 + 3*binary.MaxVarintLen32
+	b := s.db.NewBatchWithSize(all + maxBlocks*perBlock + 12 + 64 + len(metaKey(stream)))
 	err = blocks(encoded, func(i int, block [][]byte) error {
 		// Written in place, at the size reserved.
 		op := b.SetDeferred(len(prefix)+8, blockSize(block))
@@ -527,7 +528,7 @@ func (s *EmbeddedStore) Read(ctx context.Context, stream string, from uint64, ma
 		case err != nil:
 			decErr = fmt.Errorf("journal: stream %s seq %d: %w", stream, seq, err)
 		case seq != want || e.Seq != want:
-			decErr = fmt.Errorf("journal: stream %s: entry %d (in the block of %d) found where %d belongs", stream, e.Seq, seq, want)
+			decErr = fmt.Errorf("journal: stream %s: entry %d stored as seq %d where %d belongs", stream, e.Seq, seq, want)
 		default:
 			out = append(out, e)
 			want++
