@@ -226,9 +226,16 @@ func (st *CassandraStore) insertStmt(d Def, shard int, j *Job, ifNotExists bool)
 		stmt += ` IF NOT EXISTS`
 	}
 	if j.slot.Kind.expires() {
-		stmt += ` USING TTL ` + strconv.Itoa(int(time.Duration(d.DedupWindow)/time.Second))
+		stmt += ` USING TTL ` + strconv.Itoa(ttlSeconds(time.Duration(d.DedupWindow)))
 	}
 	return stmt, args
+}
+
+// ttlSeconds is the Cassandra TTL that keeps a row for at least w. Cassandra counts a TTL from
+// the current whole second, so a row written with TTL n lives between n-1 and n seconds: one
+// second more, and w rounded up, make the window a lower bound.
+func ttlSeconds(w time.Duration) int {
+	return int((w+time.Second-1)/time.Second) + 1
 }
 
 // Insert implements Store.

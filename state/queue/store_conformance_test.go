@@ -549,3 +549,16 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+// TestTTLSeconds: a Cassandra TTL counts from the current whole second, so the TTL of an expiring
+// row must exceed the window by a second, after rounding the window up.
+func TestTTLSeconds(t *testing.T) {
+	for _, c := range []struct {
+		w    time.Duration
+		want int
+	}{{time.Second, 2}, {1500 * time.Millisecond, 3}, {2 * time.Second, 3}, {24 * time.Hour, 86401}} {
+		if got := ttlSeconds(c.w); got != c.want {
+			t.Errorf("ttlSeconds(%s) = %d, want %d", c.w, got, c.want)
+		}
+	}
+}
