@@ -375,7 +375,7 @@ type txWriter struct {
 	buf          []journal.Entry
 	fields       fieldSlab       // the rows' fields
 	txSync       bool            // the current transaction touches a sync table
-	bufBytes     int             // encoded size of buf
+	bufBytes     int             // encoded size of buf (or a bound of it, see add)
 	bytesChunked bool            // the current transaction was chunked for its size in bytes
 	pending      []journal.Entry // committed entries waiting for the next append (queue)
 	pendingBytes int             // encoded size of pending
@@ -759,34 +759,42 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 		}
 		return i+step <= len(e.Rows)
 	}
-	next := func(withKey bool) (journal.Row, journal.Row, error) {
+	// next also returns a bound of the row's encoding, which bounds its key's too; -1 for rows
+	// that go-mysql decoded (add measures those).
+	next := func(withKey bool) (journal.Row, journal.Row, int, error) {
 		if !fast {
 			i++
-			return s.rowKey(e.Rows[i-1], withKey, &w.fields)
+			r, k, err := s.rowKey(e.Rows[i-1], withKey, &w.fields)
+			return r, k, -1, err
 		}
-		r, k, n, err := s.imageRow(data, withKey, &w.fields)
+		r, k, n, bound, err := s.imageRow(data, withKey, &w.fields)
 		data = data[n:]
-		return r, k, err
+		return r, k, bound, err
 	}
 	for more() {
-		first, key, err := next(op != journal.OpUpdate)
+		first, key, bound, err := next(op != journal.OpUpdate)
 		if err != nil {
 			return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
 		}
 		entry := journal.Entry{Op: op, Database: s.database, Table: s.table, SchemaVersion: s.version}
+		rowBytes := 2 * bound // the row and its key
 		switch op {
 		case journal.OpInsert:
 			entry.After, entry.Key = first, key
 		case journal.OpDelete:
 			entry.Before, entry.Key = first, key
 		case journal.OpUpdate:
-			after, key, err := next(true)
+			after, key, afterBound, err := next(true)
 			if err != nil {
 				return fmt.Errorf("source %s gtid %s: %w", w.c.cfg.Source.Name, w.gtid, err)
 			}
 			entry.Before, entry.After, entry.Key = first, after, key
+			rowBytes = bound + 2*afterBound
 		}
-		if err := w.add(ctx, h, entry); err != nil {
+		if !fast {
+			rowBytes = -1
+		}
+		if err := w.add(ctx, h, entry, rowBytes); err != nil {
 			return err
 		}
 	}
@@ -802,12 +810,21 @@ func compressed(t replication.EventType) bool {
 
 // add puts an entry of the current transaction in the buffer, journaling a chunk when the
 // buffer outgrows ChunkEntries (one entry always stays, to carry the end of the transaction).
-func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journal.Entry) error {
+// rowBytes, when not negative, bounds the encoding of e's rows (journal.RowSizeBound): add then
+// measures only the rest of e, not its rows again.
+func (w *txWriter) add(ctx context.Context, h *replication.EventHeader, e journal.Entry, rowBytes int) error {
 	e.Origin = w.c.cfg.Site
 	e.Source.GTID, e.Source.File, e.Source.Pos = w.gtid, w.file, uint64(h.LogPos)
 	e.Tx = journal.Tx{ID: w.gtid, Index: w.index}
 	w.index++
-	size := journal.EncodedSize(&e)
+	var size int
+	if rowBytes < 0 {
+		size = journal.EncodedSize(&e)
+	} else {
+		rest := e
+		rest.Key, rest.Before, rest.After = nil, nil, nil
+		size = journal.EncodedSize(&rest) + rowBytes
+	}
 	w.buf = append(w.buf, e)
 	w.bufBytes += size
 	bytesFull := w.bufBytes > groupBytes && len(w.buf) > 1
@@ -909,7 +926,7 @@ func (w *txWriter) query(ctx context.Context, h *replication.EventHeader, e *rep
 			w.c.logger.Info("DDL journaled without its resulting columns: the table's columns before it are not known", "gtid", w.gtid, "table", db+"."+table)
 		}
 	}
-	if err := w.add(ctx, h, entry); err != nil {
+	if err := w.add(ctx, h, entry, -1); err != nil {
 		return err
 	}
 	return w.commit(ctx, h, e.GSet)

@@ -95,7 +95,8 @@ func tableMapColumns(s *tableSchema, e *replication.TableMapEvent, maxlen map[ui
 		if s.unsigned[i] {
 			unsigned = " unsigned"
 		}
-		coll, hasColl := s.collation[i]
+		coll := s.collation[i]
+		hasColl := coll != 0
 		binary := hasColl && coll == 63
 		chars := func(bytes int) (int, bool) {
 			if binary {

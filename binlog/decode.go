@@ -22,11 +22,12 @@ type tableSchema struct {
 	names           []string
 	types           []byte   // real column types
 	meta            []uint16 // type metadata (decimal precision and scale, ...)
-	unsigned        map[int]bool
-	collation       map[int]uint64
+	unsigned        []bool   // per column (a slice, not go-mysql's map: read for every value)
+	collation       []uint64 // per column; 0 for a column without one
 	enums, sets     map[int][]string
 	pk              []int
 	pkPrefix        bool   // the primary key is the first len(pk) columns, in order
+	nameBytes       int    // the length of the column names together (for journal.RowSizeBound)
 	fast            bool   // every column is of a type imageRow reads (fastType)
 	version         uint64 // a hash of the above: changes when the table's shape changes
 	sync            bool   // the table's policy mode is sync
@@ -41,8 +42,18 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 	}
 	s := &tableSchema{
 		database: string(t.Schema), table: string(t.Table), names: names,
-		meta: t.ColumnMeta, unsigned: t.UnsignedMap(), collation: t.CollationMap(),
+		meta: t.ColumnMeta, unsigned: make([]bool, len(names)), collation: make([]uint64, len(names)),
 		enums: t.EnumStrValueMap(), sets: t.SetStrValueMap(),
+	}
+	for i, u := range t.UnsignedMap() {
+		if i >= 0 && i < len(names) {
+			s.unsigned[i] = u
+		}
+	}
+	for i, c := range t.CollationMap() {
+		if i >= 0 && i < len(names) {
+			s.collation[i] = c
+		}
 	}
 	h := fnv.New64a()
 	for i := range names {
@@ -54,6 +65,9 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 		}
 		s.types = append(s.types, typ)
 		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%v\x00%d\x00%q\x00%q\x01", names[i], typ, t.ColumnMeta[i], s.unsigned[i], s.collation[i], s.enums[i], s.sets[i])
+	}
+	for _, n := range names {
+		s.nameBytes += len(n)
 	}
 	s.fast = true
 	for i, typ := range s.types {
@@ -154,14 +168,15 @@ var errTruncated = errors.New("row image truncated")
 
 // imageRow decodes the full row image at the start of data (every column present: the capture
 // checks the event's bitmaps), for a table whose columns are all fastType, into a journal row
-// and, if withKey, its primary key (as rowKey), and returns the bytes it read.
-func (s *tableSchema) imageRow(data []byte, withKey bool, fields *fieldSlab) (journal.Row, journal.Row, int, error) {
+// and, if withKey, its primary key (as rowKey). It returns the bytes it read, and a bound of the
+// row's encoding in an entry (journal.RowSizeBound), which bounds the key's too.
+func (s *tableSchema) imageRow(data []byte, withKey bool, fields *fieldSlab) (r, key journal.Row, n, bound int, err error) {
 	nulls := (len(s.names) + 7) / 8
 	if len(data) < nulls {
-		return nil, nil, 0, fmt.Errorf("table %s.%s: %w", s.database, s.table, errTruncated)
+		return nil, nil, 0, 0, fmt.Errorf("table %s.%s: %w", s.database, s.table, errTruncated)
 	}
 	r, rest := s.newRow(withKey, fields)
-	pos := nulls
+	pos, values := nulls, 0
 	for i := range r {
 		f := &r[i]
 		f.Name = s.names[i]
@@ -170,11 +185,12 @@ func (s *tableSchema) imageRow(data []byte, withKey bool, fields *fieldSlab) (jo
 		}
 		n, err := s.decodeValue(i, data[pos:], &f.Value)
 		if err != nil {
-			return nil, nil, 0, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
+			return nil, nil, 0, 0, fmt.Errorf("table %s.%s column %s: %w", s.database, s.table, s.names[i], err)
 		}
 		pos += n
+		values += len(f.Value.Str) + len(f.Value.Bytes)
 	}
-	return r, s.keyOf(r, rest, withKey), pos, nil
+	return r, s.keyOf(r, rest, withKey), pos, journal.RowSizeBound(len(r), s.nameBytes, values), nil
 }
 
 // decodeValue decodes the value of column i (of a fastType) at the start of b into v, exactly as
@@ -466,7 +482,7 @@ func text(raw []byte, collation uint64) journal.Value {
 	switch {
 	case collation == binaryCollation:
 		return journal.Bytes(append([]byte{}, raw...))
-	case latin1Collations[collation]:
+	case isLatin1(collation):
 		ascii := asciiPrefix(raw)
 		if ascii == len(raw) {
 			return journal.String(string(raw)) // ASCII is the same in latin1 and UTF-8
@@ -491,7 +507,7 @@ func textString(raw string, collation uint64) journal.Value {
 	switch {
 	case collation == binaryCollation:
 		return journal.Bytes([]byte(raw))
-	case latin1Collations[collation]:
+	case isLatin1(collation):
 		ascii := asciiPrefix(raw)
 		if ascii == len(raw) {
 			return journal.String(strings.Clone(raw))
@@ -521,8 +537,14 @@ func asciiPrefix[T string | []byte](s T) int {
 
 const binaryCollation = 63
 
-// latin1Collations are the collation ids of MariaDB's latin1 character set.
-var latin1Collations = map[uint64]bool{5: true, 8: true, 15: true, 31: true, 47: true, 48: true, 49: true, 94: true, 1032: true, 1071: true}
+// isLatin1 reports whether collation is one of MariaDB's latin1 character set.
+func isLatin1(collation uint64) bool {
+	switch collation {
+	case 5, 8, 15, 31, 47, 48, 49, 94, 1032, 1071:
+		return true
+	}
+	return false
+}
 
 // cp1252 maps a latin1 (Windows-1252) byte to its rune. Bytes 0x80-0x9f that Windows-1252 leaves
 // undefined map to the C1 control of the same value, as MariaDB does.

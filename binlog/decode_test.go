@@ -23,7 +23,7 @@ func referenceText(raw []byte, collation uint64) journal.Value {
 	switch {
 	case collation == binaryCollation:
 		return journal.Bytes(raw)
-	case latin1Collations[collation]:
+	case isLatin1(collation):
 		var b strings.Builder
 		for _, c := range raw {
 			b.WriteRune(cp1252(c))
@@ -80,7 +80,7 @@ func TestRowKey(t *testing.T) {
 		return &tableSchema{database: "db", table: "t", names: []string{"a", "b", "c"},
 			types:    []byte{mysql.MYSQL_TYPE_LONG, mysql.MYSQL_TYPE_INT24, mysql.MYSQL_TYPE_VARCHAR},
 			meta:     []uint16{0, 0, 400},
-			unsigned: map[int]bool{1: true}, collation: map[int]uint64{2: 45},
+			unsigned: []bool{false, true, false}, collation: []uint64{0, 0, 45},
 			pk: pk, pkPrefix: isPrefix(pk)}
 	}
 	// b is MEDIUMINT UNSIGNED 16777215, as go-mysql decodes it without the signedness: -1.
@@ -255,13 +255,19 @@ func TestImageRowMatchesGoMySQL(t *testing.T) {
 		var fields fieldSlab
 		var ours []journal.Row
 		for data := imgs.data[imgs.pos:]; len(data) > 0; {
-			r, k, n, err := s.imageRow(data, true, &fields)
+			r, k, n, bound, err := s.imageRow(data, true, &fields)
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The bound holds for the row and for its key, as the capture uses it for both.
+			for _, row := range []journal.Row{r, k} {
+				if size := journal.EncodedSize(&journal.Entry{After: row}) - journal.EncodedSize(&journal.Entry{}); size > bound {
+					t.Fatalf("row %v encodes to %d bytes, over the bound %d", row, size, bound)
+				}
+			}
 			for range 100 { // shorter images fail
 				cut := rnd.IntN(n)
-				if _, _, _, err := s.imageRow(data[:cut], true, &fields); !errors.Is(err, errTruncated) {
+				if _, _, _, _, err := s.imageRow(data[:cut], true, &fields); !errors.Is(err, errTruncated) {
 					t.Fatalf("image of %d bytes cut to %d: %v", n, cut, err)
 				}
 			}

@@ -231,6 +231,18 @@ func setLength(b []byte, at int) []byte {
 	return b
 }
 
+// RowSizeBound bounds the encoding of a row in an entry (as its Key, Before or After) by the
+// row's shape: fields fields whose names take names bytes and whose string and byte values take
+// data bytes. The capture sizes its appends with it as it decodes rows, without a second walk
+// over them (EncodedSize). A Field costs at most fieldOverhead beyond its name and data: its tag
+// and length in the row, the name's tag and length, the kind, and the value's tag with either a
+// 10-byte varint, 8 fixed bytes or a length; a row adds its own tag and length.
+func RowSizeBound(fields, names, data int) int {
+	const rowOverhead = 1 + binary.MaxVarintLen32 // tag, length up to 2^35
+	const fieldOverhead = (1 + binary.MaxVarintLen32) + (1 + binary.MaxVarintLen32) + 2 + (1 + binary.MaxVarintLen64)
+	return rowOverhead + fields*fieldOverhead + names + data
+}
+
 func sizeRow(num protowire.Number, r Row) int {
 	if r == nil {
 		return 0

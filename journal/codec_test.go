@@ -346,3 +346,37 @@ func TestSQLArg(t *testing.T) {
 		t.Errorf("bytes: %#v", Bytes([]byte{0, 1}).SQLArg())
 	}
 }
+
+// TestRowSizeBound: the bound holds for every kind of value at its widest (the longest varints,
+// lengths of several bytes), and is tight enough to be useful: within the overhead of each field.
+func TestRowSizeBound(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	values := func(data int) []Value {
+		s := strings.Repeat("é", data/2)
+		return []Value{Null(), Int(math.MinInt64), Int(-1), Int(math.MaxInt64), Uint(math.MaxUint64), Uint(1),
+			{Kind: KindBool, Uint: 1}, {Kind: KindFloat32, Float: 1.5}, Float64(math.Inf(-1)), String(s),
+			{Kind: KindDecimal, Str: s}, Bytes([]byte(s)), Bytes([]byte{})}
+	}
+	for round := range 2000 {
+		var r Row
+		names, data := 0, 0
+		for range rng.IntN(12) {
+			size := []int{0, 1, 127, 128, 300, 20000, 1 << 17}[rng.IntN(7)]
+			vs := values(size)
+			f := Field{Name: strings.Repeat("n", rng.IntN(3)*70), Value: vs[rng.IntN(len(vs))]}
+			names += len(f.Name)
+			data += len(f.Value.Str) + len(f.Value.Bytes)
+			r = append(r, f)
+		}
+		if r == nil {
+			r = Row{}
+		}
+		got, bound := len(appendRow(nil, fAfter, r)), RowSizeBound(len(r), names, data)
+		if got > bound {
+			t.Fatalf("round %d: row of %d fields encodes to %d bytes, over its bound %d", round, len(r), got, bound)
+		}
+		if bound > got+25*len(r)+6 {
+			t.Fatalf("round %d: bound %d is loose for %d bytes", round, bound, got)
+		}
+	}
+}
