@@ -726,8 +726,9 @@ func (w *txWriter) rows(ctx context.Context, h *replication.EventHeader, e *repl
 	var op journal.Op
 	step := 1
 	// MariaDB writes rows events compressed (the _COMPRESSED_ types) when log_bin_compress is
-	// on; go-mysql decompresses them as it decodes them (goMySQLRows). Any other rows event (MySQL's partial JSON updates)
-	// does not carry whole rows: the capture stops rather than lose the change.
+	// on; go-mysql decompresses them as it decodes them (goMySQLRows). Any other rows event
+	// (MySQL's partial JSON updates) does not carry whole rows: the capture stops rather than
+	// lose the change.
 	switch h.EventType {
 	case replication.WRITE_ROWS_EVENTv0, replication.WRITE_ROWS_EVENTv1, replication.WRITE_ROWS_EVENTv2,
 		replication.MARIADB_WRITE_ROWS_COMPRESSED_EVENT_V1:

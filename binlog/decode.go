@@ -64,10 +64,8 @@ func newTableSchema(t *replication.TableMapEvent) (*tableSchema, error) {
 			}
 		}
 		s.types = append(s.types, typ)
+		s.nameBytes += len(names[i])
 		fmt.Fprintf(h, "%s\x00%d\x00%d\x00%v\x00%d\x00%q\x00%q\x01", names[i], typ, t.ColumnMeta[i], s.unsigned[i], s.collation[i], s.enums[i], s.sets[i])
-	}
-	for _, n := range names {
-		s.nameBytes += len(n)
 	}
 	s.fast = true
 	for i, typ := range s.types {

@@ -644,8 +644,8 @@ func (s *EmbeddedStore) Trim(ctx context.Context, stream string, below uint64) e
 	if err != nil {
 		return err
 	}
-	if below > s.visible(stream, h).Seq+1 {
-		return fmt.Errorf("%w: stream %s: trim below %d past head %d", ErrInvalid, stream, below, h.Seq)
+	if head := s.visible(stream, h).Seq; below > head+1 {
+		return fmt.Errorf("%w: stream %s: trim below %d past head %d", ErrInvalid, stream, below, head)
 	}
 	if below <= h.Low+1 {
 		return nil
