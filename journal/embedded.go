@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/bits"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -58,17 +59,39 @@ var _ Store = (*EmbeddedStore)(nil)
 // embeddedMemTableSize is the size of Pebble's memtables (its default is 4 MB). Every flushed
 // table holds the head keys of the streams appended to, so flushed tables overlap one another and
 // compactions must merge them: fewer, larger flushes cut the store's CPU per appended entry by
-// about a quarter (measured with appends of 1,000 captured rows), for up to two memtables in
-// memory (Pebble starts small and doubles up to this size). Durability is unchanged: every append
-// syncs the write-ahead log.
+// about a quarter (measured with appends of 1,000 captured rows, before value separation; see
+// embeddedOptions), for up to two memtables in memory (Pebble starts small and doubles up to this
+// size). Durability is unchanged: every append syncs the write-ahead log.
 const embeddedMemTableSize = 16 << 20
+
+// embeddedOptions are the store's Pebble options. Blocks of 1 KiB or more (a batch of a few
+// entries and up) are stored in blob files, Pebble's value separation: a compaction rewrites
+// their keys and references, not their bytes. The journal's keys are written in order and read
+// mostly once, the case value separation is for; without it, compacting the flushed tables (they
+// overlap one another: see embeddedMemTableSize) rewrote every entry once more, a sixth of the
+// binlog capture's CPU (docs/journal.md). A blob file whose blocks are all trimmed is deleted
+// once compactions have dropped their keys (TestEmbeddedBlobFiles); Pebble rewrites blob files
+// that still hold live blocks (several streams, trimmed apart) once a fifth of the blob files'
+// bytes is garbage, for files at least five minutes old. Value separation needs the store's format
+// at FormatValueSeparation: an older store is upgraded when opened, one way (a Pebble release
+// without that format cannot open it; the v2.1.7 that go.mod pins opens both).
+func embeddedOptions(logger *slog.Logger) *pebble.Options {
+	opts := &pebble.Options{
+		Logger:             pebbleLogger{logger.With("component", "pebble")},
+		MemTableSize:       embeddedMemTableSize,
+		FormatMajorVersion: pebble.FormatValueSeparation,
+	}
+	opts.Experimental.EnableColumnarBlocks = func() bool { return true } // required by value separation
+	opts.Experimental.ValueSeparationPolicy = func() pebble.ValueSeparationPolicy {
+		return pebble.ValueSeparationPolicy{Enabled: true, MinimumSize: 1 << 10, MaxBlobReferenceDepth: 10,
+			RewriteMinimumAge: 5 * time.Minute, TargetGarbageRatio: 0.2}
+	}
+	return opts
+}
 
 // OpenEmbedded opens (creating if needed) the store in dir.
 func OpenEmbedded(dir string, logger *slog.Logger) (*EmbeddedStore, error) {
-	db, err := pebble.Open(dir, &pebble.Options{
-		Logger:       pebbleLogger{logger.With("component", "pebble")},
-		MemTableSize: embeddedMemTableSize,
-	})
+	db, err := pebble.Open(dir, embeddedOptions(logger))
 	if err != nil {
 		return nil, fmt.Errorf("journal: open embedded store %s: %w", dir, err)
 	}

@@ -5,8 +5,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -233,11 +239,12 @@ func TestScanBlockCorrupt(t *testing.T) {
 	}
 }
 
-// A store written with a key per entry (before blocks) is converted when opened: its entries
-// read back unchanged, no entry key is left, and appends go on after its head.
+// A store written with a key per entry (before blocks), in Pebble's default format, is converted
+// when opened: its format is upgraded, its entries read back unchanged, no entry key is left, and
+// appends go on after its head.
 func TestEmbeddedMigratesEntryKeys(t *testing.T) {
 	dir := t.TempDir()
-	openEmbedded(t, dir).Close()
+	// Pebble's default options: the format of a store written by an older musicd.
 	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{discard()}})
 	if err != nil {
 		t.Fatal(err)
@@ -262,6 +269,9 @@ func TestEmbeddedMigratesEntryKeys(t *testing.T) {
 	}
 	s := openEmbedded(t, dir)
 	defer s.Close()
+	if v := s.db.FormatMajorVersion(); v < pebble.FormatValueSeparation {
+		t.Fatalf("store format %v after opening, want at least %v (value separation)", v, pebble.FormatValueSeparation)
+	}
 	for stream, n := range heads {
 		if h := mustHead(t, s, stream); h.Seq != uint64(n) || h.Epoch != 2 {
 			t.Fatalf("%s: head %+v after conversion", stream, h)
@@ -283,4 +293,73 @@ func TestEmbeddedMigratesEntryKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRead(t, s, "test/old-a", 1000, 50, 30)
+}
+
+// Blocks of 1 KiB or more are stored in Pebble's blob files (value separation), outside the
+// tables that compactions rewrite; trimming a stream whole frees them once its deletion is
+// compacted.
+func TestEmbeddedBlobFiles(t *testing.T) {
+	dir := t.TempDir()
+	s := openEmbedded(t, dir)
+	defer s.Close()
+	ctx := context.Background()
+	const stream, batches, perBatch, size = "test/blobs", 40, 100, 4 << 10
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for b := range batches {
+		es := make([]Entry, perBatch)
+		for i := range es {
+			seq := uint64(b*perBatch + i + 1)
+			payload := make([]byte, size) // incompressible: the blob files' size shows the bytes
+			for j := range payload {
+				payload[j] = byte(rnd.Uint32())
+			}
+			es[i] = Entry{Seq: seq, Op: OpInsert, Origin: "a", Database: "db", Table: "t", Key: Row{{"id", Uint(seq)}},
+				After: Row{{"id", Uint(seq)}, {"payload", Bytes(payload)}}, Tx: Tx{ID: fmt.Sprint("tx", seq), Count: 1, Last: true}}
+		}
+		if err := s.Append(ctx, stream, 1, es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const stored = batches * perBatch * size
+	if got := blobBytes(t, dir); got < stored {
+		t.Fatalf("blob files hold %d bytes after a flush of %d bytes of blocks: values not separated", got, stored)
+	}
+	head := uint64(batches * perBatch)
+	if err := s.Trim(ctx, stream, head+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Compact(ctx, []byte{'b'}, []byte{'c'}, false); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for got := blobBytes(t, dir); got > stored/10; got = blobBytes(t, dir) {
+		if time.Now().After(deadline) {
+			t.Fatalf("blob files still hold %d bytes 30 s after the whole stream was trimmed and compacted", got)
+		}
+		runtime.Gosched()
+	}
+	// The stream goes on.
+	if err := s.Append(ctx, stream, 1, mkEntries(head+1, 10, 2000)); err != nil {
+		t.Fatal(err)
+	}
+	checkRead(t, s, stream, head+1, 10, 2000)
+}
+
+// blobBytes is the size of the Pebble blob files in dir.
+func blobBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.blob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil { // a file deleted meanwhile counts as nothing
+			n += fi.Size()
+		}
+	}
+	return n
 }
