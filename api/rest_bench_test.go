@@ -33,8 +33,10 @@ import (
 // per request the Cassandra statements, lightweight transactions and SERIAL reads, and the
 // ZooKeeper requests it caused (counted on the Cassandra session and on the ZooKeeper wire).
 // Beside eventual put, in the same run, the limit: the same rows inserted directly through the
-// driver at the same concurrency. For exploring, MUSIC_BENCH_CONC sets the number of clients and
-// MUSIC_BENCH_SHARDS the eventual log's shards.
+// driver at the same concurrency, and for both the CPU time per request that Cassandra and this
+// process (the daemon and its clients, or the driver) used; then both again with Cassandra and
+// this process on CPUs of their own (eventual_put_separate_cores). For exploring,
+// MUSIC_BENCH_CONC sets the number of clients and MUSIC_BENCH_SHARDS the eventual log's shards.
 func BenchmarkREST(b *testing.B) {
 	env := newRESTBench(b)
 	conc := 16
@@ -75,12 +77,26 @@ func BenchmarkREST(b *testing.B) {
 			ours.report(b)
 			b.ReportMetric(raw.p50, "p50_ms;baseline=driver")
 			b.ReportMetric(raw.p99, "p99_ms;baseline=driver")
+			ours.cpu.report(b, "")
+			raw.cpu.report(b, ";baseline=driver")
 			b.ReportMetric(env.histogramMean("music_state_eventual_batch_entries", batchSum, batchN), "entries/append")
 			b.ReportMetric(env.histogramMean("music_state_eventual_append_seconds", appendSum, appendN)*1000, "append_ms")
 		}
 	}
 	b.Run("eventual_put", eventualPut(conc))
 	b.Run("eventual_put_64_clients", eventualPut(64))
+	// The same with Cassandra on a CPU of its own and the daemon with its clients (or the
+	// driver's inserts) on the other(s), as on machines of their own: on two shared cores, the
+	// JVM's and the Go runtime's threads take turns on the same CPUs, which costs a multi-hop
+	// request path (HTTP, group commit, driver) more than the driver's loop (docs/state.md).
+	b.Run("eventual_put_separate_cores", func(b *testing.B) {
+		undo, err := separateCores()
+		if err != nil {
+			b.Skipf("cannot give Cassandra and this process CPUs of their own: %v", err)
+		}
+		defer undo()
+		eventualPut(conc)(b)
+	})
 	b.Run("eventual_get", func(b *testing.B) {
 		n := max(b.N, 2000)
 		env.run(b, conc, n, func(w, i int) (benchReq, int) {
@@ -346,6 +362,7 @@ func (e *restBench) put(b *testing.B, id int) string {
 type benchResult struct {
 	rate, p50, p99 float64
 	per            [4]float64 // statements, LWTs, SERIAL reads, ZooKeeper requests per request
+	cpu            cpuPerOp
 }
 
 func (r benchResult) report(b *testing.B) {
@@ -385,6 +402,7 @@ func (e *restBench) runResp(b *testing.B, conc, n int, mk func(w, i int) (benchR
 		conns[w] = c
 	}
 	before := e.counts.snapshot()
+	cpu0 := readCPU()
 	b.ResetTimer()
 	b.StartTimer() // an earlier run in the same benchmark stopped it
 	start := time.Now()
@@ -413,7 +431,7 @@ func (e *restBench) runResp(b *testing.B, conc, n int, mk func(w, i int) (benchR
 	b.StopTimer()
 	after2 := e.counts.snapshot()
 	all := slices.Concat(lat...)
-	r := benchResult{rate: float64(n) / took.Seconds(), p50: ms(pct(all, 50)), p99: ms(pct(all, 99))}
+	r := benchResult{rate: float64(n) / took.Seconds(), p50: ms(pct(all, 50)), p99: ms(pct(all, 99)), cpu: readCPU().since(cpu0, n)}
 	for i := range r.per {
 		r.per[i] = float64(after2[i]-before[i]) / float64(n)
 	}
@@ -543,6 +561,8 @@ func medianResult(rs []benchResult) benchResult {
 	for i := range out.per {
 		out.per[i] = med(func(r benchResult) float64 { return r.per[i] })
 	}
+	out.cpu = cpuPerOp{cassandra: med(func(r benchResult) float64 { return r.cpu.cassandra }),
+		process: med(func(r benchResult) float64 { return r.cpu.process })}
 	return out
 }
 
@@ -550,6 +570,7 @@ func medianResult(rs []benchResult) benchResult {
 // start at from (per client).
 func (e *restBench) driverInserts(b *testing.B, conc, n, from int) benchResult {
 	lat := make([][]time.Duration, conc)
+	cpu0 := readCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range conc {
@@ -570,7 +591,7 @@ func (e *restBench) driverInserts(b *testing.B, conc, n, from int) benchResult {
 	}
 	wg.Wait()
 	all := slices.Concat(lat...)
-	return benchResult{rate: float64(n) / time.Since(start).Seconds(), p50: ms(pct(all, 50)), p99: ms(pct(all, 99))}
+	return benchResult{rate: float64(n) / time.Since(start).Seconds(), p50: ms(pct(all, 50)), p99: ms(pct(all, 99)), cpu: readCPU().since(cpu0, n)}
 }
 
 func pct(ds []time.Duration, p int) time.Duration {
@@ -583,3 +604,34 @@ func pct(ds []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return d.Seconds() * 1000 }
+
+// cpuPerOp is the CPU time per request, in microseconds, that Cassandra (the dev server; 0 if
+// its PID is not known) and this process (the daemon and the benchmark's clients, or the
+// driver's inserts) used during a run.
+type cpuPerOp struct{ cassandra, process float64 }
+
+type cpuClock struct {
+	cassandra, process time.Duration
+	cassKnown          bool
+}
+
+func readCPU() cpuClock {
+	c, ok := testenv.ServerCPU("cassandra")
+	return cpuClock{cassandra: c, process: testenv.ProcessCPU(), cassKnown: ok}
+}
+
+func (c cpuClock) since(c0 cpuClock, n int) cpuPerOp {
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	out := cpuPerOp{process: us(c.process - c0.process)}
+	if c.cassKnown && c0.cassKnown {
+		out.cassandra = us(c.cassandra - c0.cassandra)
+	}
+	return out
+}
+
+func (c cpuPerOp) report(b *testing.B, suffix string) {
+	if c.cassandra > 0 {
+		b.ReportMetric(c.cassandra, "cassandra_cpu_us/op"+suffix)
+	}
+	b.ReportMetric(c.process, "process_cpu_us/op"+suffix)
+}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,16 +72,16 @@ func BenchmarkBinlog(b *testing.B) {
 		var rates, raws, cpus, rawCPUs []float64
 		for range b.N {
 			for range 5 {
-				cpu := processCPU()
+				cpu := testenv.ProcessCPU()
 				raws = append(raws, rawRead(b, src, db, rows))
-				rawCPUs = append(rawCPUs, (processCPU()-cpu).Seconds()*1e6/rows)
+				rawCPUs = append(rawCPUs, (testenv.ProcessCPU()-cpu).Seconds()*1e6/rows)
 				store, err := journal.OpenEmbedded(filepath.Join(b.TempDir(), "j"), discard())
 				if err != nil {
 					b.Fatal(err)
 				}
-				cpu = processCPU()
+				cpu = testenv.ProcessCPU()
 				rates = append(rates, captureRate(b, src, store, rows))
-				cpus = append(cpus, (processCPU()-cpu).Seconds()*1e6/rows)
+				cpus = append(cpus, (testenv.ProcessCPU()-cpu).Seconds()*1e6/rows)
 				store.Close()
 			}
 		}
@@ -250,13 +249,4 @@ func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// processCPU returns the CPU time (user and system) this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
