@@ -15,15 +15,24 @@ import (
 	"github.com/musicd/musicd/internal/testenv"
 )
 
-// separateCores gives the dev Cassandra the machine's last CPU and this process (the daemon
-// under test, its clients, or the driver's inserts) the others, the way they would run on
+// separateCores gives the dev Cassandra the last of this process's CPUs and this process (the
+// daemon under test, its clients, or the driver's inserts) the others, the way they would run on
 // machines of their own, and returns what undoes it. Every thread of both processes is moved,
 // and threads started meanwhile inherit their creator's CPUs, so undo moves every thread back to
 // the CPUs it had. GOMAXPROCS follows this process's CPUs, as the runtime sets it at start. Should
 // the benchmark be killed before undo, deploy/dev/down.sh and up.sh restart Cassandra on every CPU.
 func separateCores() (undo func(), err error) {
-	n := runtime.NumCPU()
-	if n < 2 {
+	var mine unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &mine); err != nil {
+		return nil, fmt.Errorf("this process's CPUs: %w", err)
+	}
+	var cpus []int // the CPUs this process may run on, which need not be 0..n-1
+	for i := 0; len(cpus) < mine.Count(); i++ {
+		if mine.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	if len(cpus) < 2 {
 		return nil, errors.New("one CPU: nothing to separate")
 	}
 	pid, ok := testenv.ServerPID("cassandra")
@@ -31,10 +40,10 @@ func separateCores() (undo func(), err error) {
 		return nil, errors.New("no PID file of a dev Cassandra (deploy/dev): its CPUs cannot be set")
 	}
 	var self, cass unix.CPUSet
-	for i := range n - 1 {
-		self.Set(i)
+	for _, c := range cpus[:len(cpus)-1] {
+		self.Set(c)
 	}
-	cass.Set(n - 1)
+	cass.Set(cpus[len(cpus)-1])
 	restoreCass, err := setCPUs(pid, cass)
 	if err != nil {
 		return nil, err
@@ -44,7 +53,7 @@ func separateCores() (undo func(), err error) {
 		restoreCass()
 		return nil, err
 	}
-	procs := runtime.GOMAXPROCS(n - 1)
+	procs := runtime.GOMAXPROCS(len(cpus) - 1)
 	return func() {
 		runtime.GOMAXPROCS(procs)
 		restoreSelf()

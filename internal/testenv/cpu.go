@@ -18,10 +18,10 @@ func ProcessCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// ServerCPU returns the CPU time (user and system, in clock ticks of 10 ms) that the dev server
-// service (cassandra, zookeeper, ...) has used, read from /proc through the PID file deploy/dev's
-// up.sh wrote, and false if there is no such server running (servers started otherwise, or a
-// system without /proc).
+// ServerCPU returns the CPU time (user and system, to the 10 ms of the kernel's clock ticks) that
+// the dev server service (cassandra, zookeeper, ...) has used, read from /proc through the PID
+// file deploy/dev's up.sh wrote, and false if there is no such server running (servers started
+// otherwise, or a system without /proc).
 func ServerCPU(service string) (time.Duration, bool) {
 	pid, ok := ServerPID(service)
 	if !ok {
